@@ -1,0 +1,38 @@
+"""One data root for the whole project.
+
+Resolution order: an explicit argument (a config key such as ``DATASETS.DATA_ROOT`` or a bundle's
+``dataset_dir``), then the environment variable ``SSLSEG_DATA``, then ``../shared/data`` beside the
+repository (the layout CI uses). Derived files (converted COCO json, datalists, synthetic data) go
+under the work directory: ``SSLSEG_WORK`` or ``<repo>/work``.
+"""
+import os
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_DATA = "SSLSEG_DATA"
+ENV_WORK = "SSLSEG_WORK"
+
+
+def data_root(explicit: Optional[str] = None, must_exist: bool = False) -> Optional[Path]:
+    """Return the data root as a Path, or None when it cannot be found and ``must_exist`` is False."""
+    for cand in (explicit, os.environ.get(ENV_DATA), str(REPO_ROOT.parent / "shared" / "data")):
+        if cand:
+            p = Path(cand).expanduser().resolve()
+            if p.is_dir():
+                return p
+            if explicit or cand == os.environ.get(ENV_DATA):
+                raise FileNotFoundError(f"data root {p} (from {'argument' if explicit else ENV_DATA})"
+                                        " does not exist or is not a directory")
+    if must_exist:
+        raise FileNotFoundError(f"no data root: set {ENV_DATA} or put the data at "
+                                f"{REPO_ROOT.parent / 'shared' / 'data'}")
+    return None
+
+
+def work_dir(sub: str = "") -> Path:
+    """Directory for derived files (created on demand)."""
+    base = Path(os.environ.get(ENV_WORK, REPO_ROOT / "work")).expanduser().resolve()
+    p = base / sub if sub else base
+    p.mkdir(parents=True, exist_ok=True)
+    return p
