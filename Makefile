@@ -19,7 +19,7 @@ bench: env
 	$(PY) tools/bench.py $(if $(ONLY),--only $(ONLY),)
 
 lint: env
-	$(PY) -m flake8 --max-line-length 100 d2ext monai_bundles sslseg tools tests datasets benchmarks
+	$(PY) -m flake8 d2ext monai_bundles sslseg tools tests datasets benchmarks
 
 clean:
 	rm -rf .venv work results output

@@ -15,18 +15,22 @@ ENV_WORK = "SSLSEG_WORK"
 
 
 def data_root(explicit: Optional[str] = None, must_exist: bool = False) -> Optional[Path]:
-    """Return the data root as a Path, or None when it cannot be found and ``must_exist`` is False."""
-    for cand in (explicit, os.environ.get(ENV_DATA), str(REPO_ROOT.parent / "shared" / "data")):
+    """Return the data root, or None when none is configured and the default folder is absent.
+
+    An explicit argument or ``SSLSEG_DATA`` that names a missing folder is an error (a typo must
+    not silently turn real-data tests into skips); the default ``../shared/data`` may be absent.
+    """
+    for source, cand in (("argument", explicit), (ENV_DATA, os.environ.get(ENV_DATA))):
         if cand:
             p = Path(cand).expanduser().resolve()
-            if p.is_dir():
-                return p
-            if explicit or cand == os.environ.get(ENV_DATA):
-                raise FileNotFoundError(f"data root {p} (from {'argument' if explicit else ENV_DATA})"
-                                        " does not exist or is not a directory")
+            if not p.is_dir():
+                raise FileNotFoundError(f"data root {p} (from {source}) is not a directory")
+            return p
+    default = REPO_ROOT.parent / "shared" / "data"
+    if default.is_dir():
+        return default.resolve()
     if must_exist:
-        raise FileNotFoundError(f"no data root: set {ENV_DATA} or put the data at "
-                                f"{REPO_ROOT.parent / 'shared' / 'data'}")
+        raise FileNotFoundError(f"no data root: set {ENV_DATA} or put the data at {default}")
     return None
 
 

@@ -1,0 +1,73 @@
+"""Register COCO-json datasets with optional point annotations, and images-only (unlabeled) sets.
+
+Point annotations follow detectron2's ``projects/PointSup``: each annotation may carry
+``point_coords`` ``[[x, y], ...]`` (float pixels) and ``point_labels`` ``[1, ...]``; they are kept
+in the dataset dicts by ``load_coco_json(..., extra_annotation_keys=...)``.
+"""
+
+import json
+import os
+from typing import Dict, List
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+POINT_KEYS = ["point_coords", "point_labels"]
+
+
+def load_coco_json_with_points(json_file, image_root, dataset_name=None) -> List[Dict]:
+    """``load_coco_json`` keeping the PointSup keys ``point_coords``/``point_labels``."""
+    return load_coco_json(json_file, image_root, dataset_name, extra_annotation_keys=POINT_KEYS)
+
+
+def register_coco_instances_with_points(name: str, metadata: dict, json_file, image_root) -> None:
+    """Like detectron2's ``register_coco_instances``, keeping point annotations when present.
+
+    Args:
+        name: dataset name, e.g. "isbi2014_train".
+        metadata: extra metadata (e.g. ``thing_classes``); ``evaluator_type`` defaults to "coco".
+        json_file: COCO instances json (RLE or polygon masks; optional points per annotation).
+        image_root: folder the json's ``file_name`` entries are relative to.
+    """
+    assert isinstance(name, str), f"dataset name must be a str, got {name!r}"
+    DatasetCatalog.register(name, lambda: load_coco_json_with_points(json_file, image_root, name))
+    metadata = {"evaluator_type": "coco", **metadata}
+    MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root), **metadata)
+
+
+def load_unlabeled_images(json_file, image_root) -> List[Dict]:
+    """Read an images-only COCO json into dataset dicts without annotations.
+
+    Returns:
+        list of ``{"file_name", "height", "width", "image_id"}``; any ``annotations`` in the json
+        are ignored (the stream is unlabeled by definition).
+    Raises:
+        ValueError: when the json has no images; FileNotFoundError: when an image file is missing.
+    """
+    with open(json_file) as f:
+        images = json.load(f).get("images", [])
+    if not images:
+        raise ValueError(f"{json_file}: no 'images' entries; an unlabeled set needs at least one")
+    dicts = []
+    for img in images:
+        file_name = os.path.join(image_root, img["file_name"])
+        if not os.path.isfile(file_name):
+            raise FileNotFoundError(
+                f"{json_file}: image {img['file_name']!r} not found: {file_name}"
+            )
+        dicts.append(
+            {
+                "file_name": file_name,
+                "height": img["height"],
+                "width": img["width"],
+                "image_id": img["id"],
+            }
+        )
+    return dicts
+
+
+def register_unlabeled_images(name: str, json_file, image_root, metadata: dict = None) -> None:
+    """Register an images-only dataset (``annotations: []``) whose dicts carry no annotations."""
+    assert isinstance(name, str), f"dataset name must be a str, got {name!r}"
+    DatasetCatalog.register(name, lambda: load_unlabeled_images(json_file, image_root))
+    MetadataCatalog.get(name).set(image_root=str(image_root), **(metadata or {}))

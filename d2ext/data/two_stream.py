@@ -1,0 +1,109 @@
+"""Two-stream (labeled + unlabeled) training loader for semi-supervised detection.
+
+Each stream is an ordinary detectron2 train loader (``build_detection_train_loader``: its own
+dataset, its own ``TrainingSampler`` and seed, aspect-ratio grouping and batching); the two are
+zipped so every step yields ``(labeled_batch, unlabeled_batch)``.
+"""
+
+import logging
+from typing import Dict, Iterable, Iterator, List, Tuple
+
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.build import _train_loader_from_config
+from detectron2.data.samplers import TrainingSampler
+
+logger = logging.getLogger(__name__)
+
+
+def split_batch_size(total: int, unlabeled_ratio: float) -> Tuple[int, int]:
+    """Split ``total`` images per step into ``(labeled, unlabeled)`` with unlabeled/labeled ~ ratio.
+
+    ``labeled = floor(total / (1 + ratio) + 0.5)``, ``unlabeled = total - labeled``: at 1:1 an odd
+    total gives the extra image to the labeled stream (3 -> 2 + 1). Both must end up >= 1.
+    """
+    assert unlabeled_ratio > 0, f"DATALOADER.UNLABELED_RATIO must be > 0, got {unlabeled_ratio}"
+    labeled = int(total / (1.0 + unlabeled_ratio) + 0.5)
+    unlabeled = total - labeled
+    assert labeled >= 1 and unlabeled >= 1, (
+        f"SOLVER.IMS_PER_BATCH={total} with DATALOADER.UNLABELED_RATIO={unlabeled_ratio} gives "
+        f"{labeled} labeled + {unlabeled} unlabeled images per step; both streams need >= 1"
+    )
+    return labeled, unlabeled
+
+
+class TwoStreamLoader:
+    """Iterable over ``(labeled: list[dict], unlabeled: list[dict])``, one pair per step.
+
+    Both loaders are infinite (TrainingSampler), so the pairs never run out.
+    """
+
+    def __init__(self, labeled: Iterable[List[Dict]], unlabeled: Iterable[List[Dict]]):
+        self.labeled = labeled
+        self.unlabeled = unlabeled
+
+    def __iter__(self) -> Iterator[Tuple[List[Dict], List[Dict]]]:
+        return zip(iter(self.labeled), iter(self.unlabeled))
+
+
+def _stream_sampler(num_images: int, seed: int, offset: int) -> TrainingSampler:
+    # cfg.SEED < 0: TrainingSampler draws its own shared random seed (each call a new one).
+    return TrainingSampler(num_images, seed=seed + offset if seed >= 0 else None)
+
+
+def _two_stream_loader_from_config(cfg, mapper=None, unlabeled_mapper=None):
+    assert len(cfg.DATASETS.TRAIN_UNLABELED), (
+        "build_two_stream_train_loader: cfg.DATASETS.TRAIN_UNLABELED is empty; name at least one "
+        "unlabeled dataset (e.g. synthetic_cells_unlabeled)"
+    )
+    labeled_bs, unlabeled_bs = split_batch_size(
+        cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.UNLABELED_RATIO
+    )
+    labeled_dicts = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+    unlabeled_dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN_UNLABELED, filter_empty=False)
+    labeled = _train_loader_from_config(
+        cfg,
+        mapper,
+        dataset=labeled_dicts,
+        sampler=_stream_sampler(len(labeled_dicts), cfg.SEED, 0),
+    )
+    unlabeled = _train_loader_from_config(
+        cfg,
+        unlabeled_mapper if unlabeled_mapper is not None else DatasetMapper(cfg, True),
+        dataset=unlabeled_dicts,
+        sampler=_stream_sampler(
+            len(unlabeled_dicts), cfg.SEED, cfg.DATALOADER.UNLABELED_SEED_OFFSET
+        ),
+    )
+    logger.info(
+        f"Two-stream loader: {labeled_bs} labeled ({len(labeled_dicts)} images) + "
+        f"{unlabeled_bs} unlabeled ({len(unlabeled_dicts)} images) per step"
+    )
+    labeled["total_batch_size"] = labeled_bs
+    unlabeled["total_batch_size"] = unlabeled_bs
+    return {"labeled": labeled, "unlabeled": unlabeled}
+
+
+@configurable(from_config=_two_stream_loader_from_config)
+def build_two_stream_train_loader(*, labeled: Dict, unlabeled: Dict) -> TwoStreamLoader:
+    """Build the labeled and unlabeled detectron2 train loaders and zip them.
+
+    Called as ``build_two_stream_train_loader(cfg, mapper=None, unlabeled_mapper=None)``:
+    datasets from ``DATASETS.TRAIN`` / ``DATASETS.TRAIN_UNLABELED``, per-step batch sizes from
+    ``SOLVER.IMS_PER_BATCH`` split by ``DATALOADER.UNLABELED_RATIO`` (see :func:`split_batch_size`;
+    each stream's batch must be divisible by the number of processes), samplers seeded from
+    ``SEED`` and ``SEED + DATALOADER.UNLABELED_SEED_OFFSET``. The unlabeled mapper defaults to
+    ``DatasetMapper(cfg, is_train=True)``, which maps dicts without ``annotations`` to images only.
+
+    Args:
+        labeled, unlabeled: keyword arguments of ``build_detection_train_loader`` per stream.
+
+    Returns:
+        TwoStreamLoader yielding ``(labeled, unlabeled)`` lists of mapped dicts (each with
+        ``image``: uint8 tensor (C, H, W); labeled ones also ``instances``).
+    """
+    return TwoStreamLoader(
+        build_detection_train_loader(**labeled), build_detection_train_loader(**unlabeled)
+    )

@@ -1,0 +1,93 @@
+"""``Trainer``: detectron2's DefaultTrainer with the project's evaluators and atomic checkpoints.
+
+Differences from ``DefaultTrainer`` (everything else, hooks, writers, resume, is inherited):
+- ``build_evaluator`` -> :func:`d2ext.evaluation.build_cell_evaluators` (COCO AP with enough
+  detections per image for dense cells + cell-level metrics).
+- checkpoints via :class:`AtomicDetectionCheckpointer`.
+- multi-process training on CPU (``launch`` picks gloo there) wraps the model in DDP without
+  ``device_ids``, which torch rejects for CPU modules.
+- after training, the last evaluation is written to ``OUTPUT_DIR/final_metrics.json``.
+"""
+
+import contextlib
+import logging
+import os
+import weakref
+
+import detectron2.engine.defaults as d2_defaults
+from detectron2.engine import DefaultTrainer
+from detectron2.utils import comm
+
+from d2ext.evaluation import build_cell_evaluators
+from sslseg.io import write_json_atomic
+
+from .checkpoint import AtomicDetectionCheckpointer
+
+logger = logging.getLogger(__name__)
+
+FINAL_METRICS_FILE = "final_metrics.json"
+
+
+@contextlib.contextmanager
+def _cpu_ddp_without_device_ids():
+    """Make detectron2's ``create_ddp_model`` pass ``device_ids=None`` for CPU models.
+
+    ``DefaultTrainer.__init__`` calls ``create_ddp_model(model, broadcast_buffers=False)``, which
+    sets ``device_ids=[local_rank]``: fine on GPUs, a ValueError from DDP for CPU modules.
+    """
+    create_ddp_model = d2_defaults.create_ddp_model
+
+    def create(model, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return create_ddp_model(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = create_ddp_model
+
+
+def write_final_metrics(results, output_dir: str) -> str:
+    """Write evaluation ``results`` (``{task: {metric: value}}``, or per dataset when several
+    test sets) to ``output_dir/final_metrics.json`` (main process only); returns the path."""
+    path = os.path.join(output_dir, FINAL_METRICS_FILE)
+    if comm.is_main_process() and results:
+        write_json_atomic(results, path, indent=2)
+        logger.info(f"Final evaluation written to {path}")
+    return path
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer for cell instance segmentation (see the module docstring)."""
+
+    def __init__(self, cfg):
+        with _cpu_ddp_without_device_ids():
+            super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a plain DetectionCheckpointer just before calling
+        # build_hooks; swap in the atomic one before PeriodicCheckpointer captures it.
+        old = self.checkpointer
+        self.checkpointer = AtomicDetectionCheckpointer(
+            old.model,
+            old.save_dir,
+            save_to_disk=old.save_to_disk,
+            trainer=weakref.proxy(self),
+        )
+        return super().build_hooks()
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_cell_evaluators(cfg, dataset_name, output_folder)
+
+    def train(self):
+        """Run training; returns the last evaluation results (also in final_metrics.json)."""
+        super().train()
+        results = getattr(self, "_last_eval_results", None)
+        if results:
+            write_final_metrics(results, self.cfg.OUTPUT_DIR)
+        return results

@@ -1,0 +1,146 @@
+"""MONAI readers and checks for the h5 files of the SSL4MIS / UA-MT layouts.
+
+``H5Reader(dataset="image")`` reads one dataset of an ``.h5`` file as a channel-less array, so
+``LoadImaged(keys="image", reader=H5Reader(dataset="image"))`` followed by
+``EnsureChannelFirstd`` gives (1, H, W) slices or (1, *spatial) volumes. ``CheckSameShaped``
+fails loudly when an image and its label disagree or an image holds NaN/Inf.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+from monai.config import KeysCollection, PathLike
+from monai.data import ImageReader
+from monai.data.image_reader import _copy_compatible_dict, _stack_images
+from monai.data.utils import is_supported_format
+from monai.transforms import MapTransform
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+__all__ = ["H5Reader", "CheckSameShaped"]
+
+
+class H5Reader(ImageReader):
+    """Read one dataset (e.g. ``image`` or ``label``) of HDF5 files into numpy arrays.
+
+    Args:
+        dataset: name of the h5 dataset to read.
+        dtype: optional numpy dtype to cast the array to (None keeps the stored dtype).
+        kwargs: ignored extra reader arguments (kept for ``LoadImage`` compatibility).
+
+    The returned array has the stored shape, e.g. (H, W) for a slice, (D, H, W) for an ACDC
+    volume, (H, W, D) for LA; the meta dict has ``spatial_shape`` = that shape and
+    ``original_channel_dim`` = NaN ("no_channel", as MONAI's own readers store it).
+    """
+
+    def __init__(self, dataset: str = "image", dtype: Any = None, **kwargs):
+        super().__init__()
+        self.dataset = dataset
+        self.dtype = dtype
+        self.kwargs = kwargs
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        """Whether every file name ends with ``.h5`` or ``.hdf5``."""
+        return is_supported_format(filename, ["h5", "hdf5"])
+
+    def _read_one(self, name: PathLike) -> np.ndarray:
+        try:
+            f = h5py.File(name, "r")
+        except (OSError, ValueError) as e:
+            raise OSError(
+                f"H5Reader: cannot open {name} (missing, corrupt or not HDF5): {e}"
+            ) from e
+        with f:
+            if self.dataset not in f:
+                raise KeyError(
+                    f"H5Reader: {name} has no dataset '{self.dataset}'; "
+                    f"datasets present: {sorted(f.keys())}"
+                )
+            try:
+                arr = f[self.dataset][()]
+            except (OSError, ValueError, TypeError) as e:
+                raise OSError(
+                    f"H5Reader: cannot read dataset '{self.dataset}' of {name}: {e}"
+                ) from e
+        if not isinstance(arr, np.ndarray) or arr.ndim == 0:
+            raise ValueError(f"H5Reader: dataset '{self.dataset}' of {name} is not an array")
+        return arr.astype(self.dtype) if self.dtype is not None else arr
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs):
+        """Return the file name(s); the arrays are read in :meth:`get_data`.
+
+        Reading is deferred on purpose: ``LoadImage`` swallows exceptions raised in ``read`` and
+        falls back to its default readers (PIL "opens" any HDF5 file and then fails with an
+        unrelated message), whereas exceptions from ``get_data`` reach the user unchanged, so a
+        missing dataset or a corrupt file is reported by this reader, naming the file.
+        """
+        names = tuple(str(n) for n in ensure_tuple(data))
+        return names if len(names) > 1 else names[0]
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        """Read the dataset of the file(s) from :meth:`read`.
+
+        Returns:
+            ``(array, meta)``: the stored array, e.g. (H, W), (D, H, W) or (H, W, D); several files
+            are stacked on a new first (channel) dim.
+        """
+        arrays, meta = [], {}
+        for name in ensure_tuple(img):
+            arr = self._read_one(name)
+            header = {
+                MetaKeys.SPATIAL_SHAPE: np.asarray(arr.shape),
+                MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+                MetaKeys.SPACE: SpaceKeys.RAS,
+            }
+            arrays.append(arr)
+            _copy_compatible_dict(header, meta)
+        return _stack_images(arrays, meta), meta
+
+
+def _source_name(data: dict, key: str) -> str:
+    """The file a loaded item came from (MetaTensor meta), else the key."""
+    value = data[key]
+    meta = getattr(value, "meta", None) or data.get(f"{key}_meta_dict", {}) or {}
+    return str(meta.get("filename_or_obj", f"<{key}>"))
+
+
+class CheckSameShaped(MapTransform):
+    """Check that all ``keys`` share one spatial shape and that ``image_key`` is finite.
+
+    Use after ``LoadImaged``/``EnsureChannelFirstd``. Raises ``ValueError`` naming the file(s):
+    when spatial shapes (all dims after the first, channel dim) differ, or when the image holds
+    NaN or Inf values.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        image_key: str = "image",
+        channel_first: bool = True,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.channel_first = channel_first
+
+    def __call__(self, data):
+        d = dict(data)
+        shapes = {}
+        for key in self.key_iterator(d):
+            shape = tuple(np.shape(d[key]))
+            shapes[key] = shape[1:] if self.channel_first else shape
+        if len(set(shapes.values())) > 1:
+            desc = ", ".join(f"{k} {s} from {_source_name(d, k)}" for k, s in shapes.items())
+            raise ValueError(f"CheckSameShaped: spatial shapes differ: {desc}")
+        if self.image_key in d:
+            img = d[self.image_key]
+            arr = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
+            if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                raise ValueError(
+                    f"CheckSameShaped: {_source_name(d, self.image_key)} holds "
+                    f"{int(np.isnan(arr).sum())} NaN and {int(np.isinf(arr).sum())} "
+                    f"Inf values"
+                )
+        return d

@@ -1,0 +1,102 @@
+"""Benchmark results: one fixed JSON schema, checked by a program, plus ``results/summary.md``.
+
+A benchmark is a module ``benchmarks/<name>.py`` with ``run(args) -> dict`` returning the fields
+below except ``name``, ``wall_s`` and ``peak_rss_mb``, which the harness (``tools/bench.py``) adds.
+
+Schema (every key required)::
+
+    name: str                 benchmark name (file stem)
+    method: str               method under test
+    dataset: str              dataset name (real data from the data root)
+    split: str                which split / cases were scored
+    budget: dict              iterations, seconds, seed, what was trained from scratch, ...
+    metrics: {str: float}     ours
+    baseline_metrics: {str: float}   the baseline / reference, same keys as metrics
+    wall_s: float             wall time of the whole benchmark
+    peak_rss_mb: float        peak resident memory of the benchmark process (and its children)
+    speed: {str: {"ours", "reference", "ratio", "target": float, "unit": str}}
+                              ratio = ours / reference; for times the target bounds the ratio
+                              from above
+"""
+import json
+import math
+import resource
+from pathlib import Path
+from typing import Any, Dict
+
+
+REQUIRED = ("name", "method", "dataset", "split", "budget", "metrics", "baseline_metrics",
+            "wall_s", "peak_rss_mb", "speed")
+SPEED_KEYS = ("ours", "reference", "ratio", "target", "unit")
+
+
+def speed_entry(ours: float, reference: float, target: float, unit: str = "s") -> Dict[str, Any]:
+    """One named speed comparison; ratio = ours / reference."""
+    assert reference > 0, f"reference must be positive, got {reference}"
+    return {"ours": float(ours), "reference": float(reference),
+            "ratio": float(ours) / float(reference), "target": float(target), "unit": unit}
+
+
+def validate_result(res: Dict[str, Any]) -> None:
+    """Raise ValueError naming every schema violation of one benchmark result."""
+    errors = [f"missing key '{k}'" for k in REQUIRED if k not in res]
+    if not errors:
+        for key in ("metrics", "baseline_metrics"):
+            if not isinstance(res[key], dict) or not all(
+                isinstance(v, (int, float)) for v in res[key].values()
+            ):
+                errors.append(f"'{key}' must be a flat dict of metric name -> number")
+        if set(res["metrics"]) != set(res["baseline_metrics"]):
+            errors.append(f"metrics and baseline_metrics keys differ: {sorted(res['metrics'])} vs "
+                          f"{sorted(res['baseline_metrics'])}")
+        if not isinstance(res["budget"], dict):
+            errors.append("'budget' must be a dict")
+        for sname, s in (res["speed"] or {}).items():
+            miss = [k for k in SPEED_KEYS if k not in s]
+            if miss:
+                errors.append(f"speed '{sname}' lacks {miss}")
+            elif s["reference"] and not math.isclose(s["ratio"], s["ours"] / s["reference"],
+                                                     rel_tol=1e-6):
+                errors.append(f"speed '{sname}': ratio {s['ratio']} != ours/reference")
+    if errors:
+        raise ValueError(f"benchmark result '{res.get('name', '?')}' breaks the schema: "
+                         + "; ".join(errors))
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process and of its waited-for children, in MiB (Linux ru_maxrss is KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024.0
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def summary_line(res: Dict[str, Any]) -> str:
+    """One markdown table row: name | method | dataset | ours | baseline | speed | wall."""
+    ours = ", ".join(f"{k} {_fmt(v)}" for k, v in res["metrics"].items())
+    base = ", ".join(f"{k} {_fmt(v)}" for k, v in res["baseline_metrics"].items())
+    speed = ", ".join(
+        f"{k} {s['ratio']:.3f} (target {s['target']:g}, "
+        f"{'met' if s['ratio'] <= s['target'] else 'NOT met'})"
+        for k, s in res["speed"].items())
+    return (f"| {res['name']} | {res['method']} | {res['dataset']} ({res['split']}) | {ours} | "
+            f"{base} | {speed} | {res['wall_s']:.0f} s |")
+
+
+def write_summary(results_dir: Path) -> Path:
+    """Rebuild ``summary.md`` from every ``*.json`` result in the folder (one line each)."""
+    results_dir = Path(results_dir)
+    rows = []
+    for p in sorted(results_dir.glob("*.json")):
+        with open(p) as f:
+            res = json.load(f)
+        validate_result(res)
+        rows.append(summary_line(res))
+    text = ("| benchmark | method | dataset | ours | baseline | speed ratio | wall |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    out = results_dir / "summary.md"
+    out.write_text(text)
+    return out

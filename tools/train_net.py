@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Detectron2 training/evaluation entry point of this project (as detectron2's tools/train_net.py).
+
+    python tools/train_net.py --config-file configs/supervised/synthetic_cells_demo.yaml
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/.../model_final.pth
+    python tools/train_net.py --config-file CFG --resume          # continue from last_checkpoint
+    python tools/train_net.py --config-file CFG --num-gpus 2      # 2 processes (gloo on CPU)
+
+The final evaluation is written to ``OUTPUT_DIR/final_metrics.json`` (and, during training, to
+detectron2's ``OUTPUT_DIR/metrics.json`` event log).
+"""
+
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import d2ext  # noqa: F401  (registers datasets and models)
+from d2ext.config import add_sslseg_config, resolve_device
+from d2ext.data import set_data_root
+from d2ext.engine import AtomicDetectionCheckpointer, Trainer, write_final_metrics
+
+
+def setup(args):
+    """Build the frozen config from ``--config-file`` and ``opts`` and set up logging/seeds."""
+    cfg = get_cfg()
+    add_sslseg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    resolve_device(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    set_data_root(cfg.DATASETS.DATA_ROOT)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+            write_final_metrics(res, cfg.OUTPUT_DIR)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
