@@ -21,6 +21,7 @@ import torch
 from monai.bundle import ConfigWorkflow, verify_metadata
 from monai.networks.nets import UNet
 
+from monai_bundles.common.command import bundle_run_command
 from sslseg.datasets.synthetic import make_slices
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,9 +62,7 @@ def _overrides(data, **extra) -> dict:
 
 def _run(config_files, overrides: dict, launcher=(sys.executable,)) -> str:
     """``python -m monai.bundle run`` from the repository root; returns the log, fails loudly."""
-    cmd = [*launcher, "-m", "monai.bundle", "run", "--config_file", str(list(config_files))]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    cmd = bundle_run_command(config_files, overrides, launcher)
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)}\nfailed ({proc.returncode}):\n{log[-4000:]}"

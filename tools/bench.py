@@ -15,6 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks share helpers (_dmd_common.py)
 
 from sslseg.bench import peak_rss_mb, validate_result, write_summary  # noqa
 from sslseg.io import write_json_atomic  # noqa

@@ -3,6 +3,11 @@
 - ``readers.H5Reader``: MONAI ``ImageReader`` for the project's h5 files.
 - ``datalist.datalist_split``: one split of a datalist json as a list of dicts with absolute paths.
 - ``case_metrics.CaseMetricsWriter``: per-case Dice/Jaccard/HD95/ASD of an evaluator -> JSON + CSV.
+- ``two_stream``: labeled + unlabeled loader with iteration-based epochs, per-epoch reseeding.
+- ``rng.RNGState``: checkpointable python/numpy/torch RNG state (exact resume).
+- ``inferers``: ``ProbabilityNet`` (probability averaging, optional fast inference copy),
+  ``la_overlap`` (exact LA strides), ``SliceVolumeInferer`` (2D network over a 3D volume).
+- ``reference_inference``: the LA papers' per-window loop, the reference for tests/benchmarks.
 - ``meta_schema.json``: local schema for ``monai.bundle verify_metadata --filepath`` (offline).
 
 Modules are not imported here, so importing one does not pull in the others' dependencies.

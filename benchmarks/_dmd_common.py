@@ -1,0 +1,114 @@
+"""Shared parts of the DMD benchmarks (dmd_acdc, dmd_la): bundle runs and step timing.
+
+Accuracy: the supervised baseline and DMD are trained through the bundle, exactly as a user runs
+it (``python -m monai.bundle run``), on the same data, seed and iterations, then scored by the
+bundle's evaluation; the metrics come from the ``metrics.json`` it writes.
+
+Speed: ``step_times`` drives the real ``DMDTrainer`` and a one-network ``SupervisedTrainer`` on
+the SAME batch (labeled + unlabeled images; the supervised step runs network 1 on all of them),
+alternating A/B rounds in one process so machine noise hits both; per-iteration times come from
+ignite's ITERATION_STARTED/COMPLETED events. The floor of the ratio is 2.0 (two networks).
+"""
+import json
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from ignite.engine import Events
+
+from monai_bundles.common.command import bundle_run_command
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "monai_bundles" / "dmd" / "configs"
+
+
+def bundle_run(configs, overrides: dict, log: Path) -> float:
+    """``python -m monai.bundle run`` with ``configs`` (names in the dmd configs folder) and
+    ``--key value`` overrides; output to ``log``; returns the wall time; raises on failure."""
+    cmd = bundle_run_command([CONFIGS / c for c in configs], overrides)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[bench] $ {' '.join(cmd)}  (log {log})", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    dt = time.perf_counter() - t0
+    if rc != 0:
+        tail = "".join(open(log).readlines()[-40:])
+        raise RuntimeError(f"bundle run failed (exit {rc}); end of {log}:\n{tail}")
+    return dt
+
+
+def read_metrics(output_dir: Path, keys=("dice_mean", "jaccard_mean", "hd95_mean", "asd_mean")):
+    """The bundle evaluation's mean metrics; Dice and Jaccard in percent."""
+    path = Path(output_dir) / "metrics.json"
+    mean = json.loads(path.read_text())["mean"]
+    missing = [k for k in keys if mean.get(k) is None]
+    if missing:
+        raise ValueError(f"{path}: mean metrics {missing} missing or NaN (an empty prediction?)")
+    return {k: (100.0 * mean[k] if k.startswith(("dice", "jaccard")) else float(mean[k]))
+            for k in keys}
+
+
+class _IterTimer:
+    """Per-iteration wall times of an ignite engine."""
+
+    def __init__(self, engine):
+        self.times, self._t0 = [], None
+        engine.add_event_handler(Events.ITERATION_STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop)
+
+    def _start(self, _):
+        self._t0 = time.perf_counter()
+
+    def _stop(self, _):
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def step_times(make_net, images_l, label, images_u, sup_loss, rounds=2, steps=2):
+    """Median seconds per iteration: (DMD step, one-network supervised step), same batch.
+
+    Args:
+        make_net: () -> a freshly initialised network (called for net1 and net2).
+        images_l, label: labeled batch (B_l, C, *spatial), (B_l, 1, *spatial).
+        images_u: unlabeled batch (B_u, C, *spatial).
+        sup_loss: supervised loss (logits, label) -> scalar.
+        rounds, steps: A/B rounds, timed iterations per round (one untimed warm-up each).
+    """
+    from monai.engines import SupervisedTrainer
+
+    from monai_bundles.dmd.losses import DMDLoss
+    from monai_bundles.dmd.trainer import DMDTrainer
+
+    net1, net2 = make_net(), make_net()
+    dmd_batch = {"labeled": {"image": images_l, "label": label}, "unlabeled": {"image": images_u}}
+    # The supervised step runs network 1 on the same images with the loss on the labeled part:
+    # network 1's path inside the DMD step, so the ratio's floor is exactly 2 networks.
+    n_l = images_l.shape[0]
+    sup_batch = {"image": torch.cat([images_l, images_u]), "label": label}
+
+    def sup_loss_labeled(pred, target):
+        return sup_loss(pred[:n_l], target)
+
+    dmd_t, sup_t = [], []
+    for _ in range(rounds):
+        opt = torch.optim.SGD(list(net1.parameters()) + list(net2.parameters()), lr=1e-3,
+                              momentum=0.9)
+        dmd = DMDTrainer(device=torch.device("cpu"), max_epochs=1, epoch_length=steps + 1,
+                         train_data_loader=[dmd_batch] * (steps + 1), network1=net1,
+                         network2=net2, optimizer=opt, sup_loss_function=sup_loss,
+                         distill_loss_function=DMDLoss(), lambda_distill=4.0)
+        timer = _IterTimer(dmd)
+        dmd.run()
+        dmd_t += timer.times[1:]
+        opt1 = torch.optim.SGD(net1.parameters(), lr=1e-3, momentum=0.9)
+        sup = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, epoch_length=steps + 1,
+                                train_data_loader=[sup_batch] * (steps + 1), network=net1,
+                                optimizer=opt1, loss_function=sup_loss_labeled)
+        timer = _IterTimer(sup)
+        sup.run()
+        sup_t += timer.times[1:]
+    return statistics.median(dmd_t), statistics.median(sup_t)
