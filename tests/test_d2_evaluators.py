@@ -8,6 +8,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 
+from sslseg.datasets.coco_utils import image_record, mask_to_annotation
 from d2ext.config import add_sslseg_config
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
@@ -36,28 +37,9 @@ def dataset(tmp_path):
     img2[2, 4:7, 4:7] = img2[3, 10:13, 10:13] = True  # nuclei
     images, anns = [], []
     for img_id, (masks, cats) in enumerate([(dense, [1] * 150), (img2, [1, 1, 2, 2])], start=1):
-        images.append(
-            {
-                "id": img_id,
-                "file_name": f"{img_id}.png",
-                "height": masks.shape[1],
-                "width": masks.shape[2],
-            }
-        )
-        for m, c in zip(masks, cats):
-            rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": img_id,
-                    "category_id": c,
-                    "segmentation": rle,
-                    "area": int(m.sum()),
-                    "bbox": mask_util.toBbox(rle).tolist(),
-                    "iscrowd": 0,
-                }
-            )
+        images.append(image_record(img_id, f"{img_id}.png", *masks.shape[1:]))
+        anns += [mask_to_annotation(m, c, len(anns) + 1 + k, img_id)
+                 for k, (m, c) in enumerate(zip(masks, cats))]
     gt = {
         "images": images,
         "annotations": anns,

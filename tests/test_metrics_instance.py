@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_util
 
+from sslseg.datasets.coco_utils import image_record, mask_to_annotation
 from sslseg.metrics.instance import aji, aji_matched, coco_map, instance_dice, lacss_ap, to_rles
 
 
@@ -149,22 +149,9 @@ def test_lacss_ap_greedy_takes_highest_iou_unmatched_gt():
 def _coco_gt(masks_per_image, categories=((1, "cell"),)):
     images, anns = [], []
     for img_id, (masks, cats) in enumerate(masks_per_image, start=1):
-        h, w = masks.shape[1:]
-        images.append({"id": img_id, "file_name": f"{img_id}.png", "height": h, "width": w})
-        for m, c in zip(masks, cats):
-            rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": img_id,
-                    "category_id": c,
-                    "segmentation": rle,
-                    "area": int(m.sum()),
-                    "bbox": list(mask_util.toBbox(rle)),
-                    "iscrowd": 0,
-                }
-            )
+        images.append(image_record(img_id, f"{img_id}.png", *masks.shape[1:]))
+        anns += [mask_to_annotation(m, c, len(anns) + 1 + k, img_id)
+                 for k, (m, c) in enumerate(zip(masks, cats))]
     return {
         "images": images,
         "annotations": anns,
