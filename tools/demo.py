@@ -119,7 +119,7 @@ def main():
     os.environ.setdefault("SSLSEG_WORK", str(out.parent))
     rows = [demo_maskrcnn(out, args.maskrcnn_iters), demo_unet(out, args.unet_epochs),
             demo_dmd(out, args.dmd_iterations)]
-    header = ("method", "framework", "dataset", "metrics (test split)", "budget", "time")
+    header = ("method", "framework", "dataset", "metrics (held-out images)", "budget", "time")
     table = [header] + [(r[0], r[1], r[2], _fmt_metrics(r[3]), r[5], f"{r[4]:.0f} s")
                         for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
@@ -127,7 +127,8 @@ def main():
     lines.insert(1, "-+-".join("-" * w for w in widths))
     print("\n" + "\n".join(lines))
     print("\nTrained from scratch on synthetic data for a short CPU budget: the figures show the "
-          "pipelines work end to end, not what the methods reach.")
+          "pipelines work end to end, not what the methods reach; rows differ in trainer, loss "
+          "and budget, so they are not a comparison of methods (see `make bench` for that).")
 
 
 if __name__ == "__main__":
