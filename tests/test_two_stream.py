@@ -116,3 +116,19 @@ def test_rng_state_round_trips_through_a_checkpoint():
     rng.load_state_dict(torch.load(buffer, weights_only=True)["rng"])  # as CheckpointLoader
     again = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
     assert again == expected, f"restored RNG drew {again}, expected {expected}"
+
+
+def test_labeled_only_stream_draws_the_same_labeled_samples():
+    """unlabeled_batch_size 0 (the supervised baseline): no unlabeled loading, and the labeled
+    ids and augmented images are exactly those of the two-stream loader, epoch by epoch."""
+    both = _loader()
+    alone = build_two_stream_loader(_dataset(5, 0, True), _dataset(9, 100, False), 2, 0, 7, 0, 0)
+    assert alone.unlabeled_loader is None
+    for epoch in (0, 3):
+        both.set_epoch(epoch)
+        alone.set_epoch(epoch)
+        steps = list(alone)
+        assert len(steps) == 7 and all(set(s) == {"labeled"} for s in steps)
+        for s, (ids, _, images, _) in zip(steps, _draw(both)):
+            assert s["labeled"]["id"].tolist() == ids
+            assert torch.equal(s["labeled"]["image"], images)

@@ -31,7 +31,8 @@ class TwoStreamLoader:
 
     Args:
         labeled_loader: yields dicts with "image" (B_l, C, *spatial) and "label".
-        unlabeled_loader: yields dicts with "image" (B_u, C, *spatial).
+        unlabeled_loader: yields dicts with "image" (B_u, C, *spatial); None for a labeled-only
+            stream (a supervised baseline: steps are ``{"labeled": batch_l}``, same labeled draws).
         epoch_length: steps per epoch (``len(self)``); the loaders are re-iterated as needed.
         seed: base seed of ``set_epoch``; the labeled stream uses ``seed + 2 * epoch`` and the
             unlabeled one ``seed + 2 * epoch + 1`` (plus a rank offset for the transforms).
@@ -43,6 +44,8 @@ class TwoStreamLoader:
     def __init__(self, labeled_loader, unlabeled_loader, epoch_length: int, seed: int = 0):
         assert int(epoch_length) > 0, f"epoch_length must be positive, got {epoch_length}"
         for name, loader in ((LABELED, labeled_loader), (UNLABELED, unlabeled_loader)):
+            if loader is None and name == UNLABELED:
+                continue
             try:
                 size = len(loader)
             except TypeError:  # an iterable without length: trust it
@@ -71,6 +74,10 @@ class TwoStreamLoader:
 
     def __iter__(self) -> Iterator[dict]:
         labeled = self._endless(self.labeled_loader)
+        if self.unlabeled_loader is None:
+            for _ in range(self.epoch_length):
+                yield {LABELED: next(labeled)}
+            return
         unlabeled = self._endless(self.unlabeled_loader)
         for _ in range(self.epoch_length):
             yield {LABELED: next(labeled), UNLABELED: next(unlabeled)}
@@ -78,6 +85,8 @@ class TwoStreamLoader:
     def set_epoch(self, epoch: int) -> None:
         """Reseed both streams' samplers, loader generators and random transforms for ``epoch``."""
         for offset, loader in enumerate((self.labeled_loader, self.unlabeled_loader)):
+            if loader is None:
+                continue
             stream_seed = self.seed + 2 * int(epoch) + offset
             sampler = getattr(loader, "sampler", None)
             if isinstance(sampler, DistributedSampler):
@@ -123,18 +132,23 @@ def build_two_stream_loader(
     The labeled stream is seeded with ``seed``, the unlabeled one with ``seed + 1``; samplers are
     ``RandomSampler`` with their own ``torch.Generator``, or ``DistributedSampler`` when
     ``distributed``. The loader is set to epoch 0, so it is reproducible before any ``set_epoch``.
+    ``unlabeled_batch_size == 0`` builds the labeled stream only (seeded as above), so a supervised
+    baseline draws the same labeled samples without loading unlabeled images it would discard.
     """
     for name, dataset, batch_size in (
         (LABELED, labeled_dataset, labeled_batch_size),
         (UNLABELED, unlabeled_dataset, unlabeled_batch_size),
     ):
+        if name == UNLABELED and batch_size == 0:
+            continue
         assert batch_size > 0, f"{name} batch size must be positive, got {batch_size}"
         assert len(dataset) >= batch_size, (
             f"the {name} dataset has {len(dataset)} items, fewer than its batch size {batch_size}"
         )
     loader = TwoStreamLoader(
         _stream_loader(labeled_dataset, labeled_batch_size, num_workers, seed, distributed),
-        _stream_loader(unlabeled_dataset, unlabeled_batch_size, num_workers, seed + 1, distributed),
+        None if unlabeled_batch_size == 0 else _stream_loader(
+            unlabeled_dataset, unlabeled_batch_size, num_workers, seed + 1, distributed),
         epoch_length=epoch_length,
         seed=seed,
     )
