@@ -4,6 +4,7 @@
 """
 
 from . import data as _  # registration
-from .config import add_sslseg_config, resolve_device
+from . import modeling as _m  # noqa: F401  (registration)
+from .config import add_mmt_psm_config, add_sslseg_config, resolve_device
 
-__all__ = ["add_sslseg_config", "resolve_device"]
+__all__ = ["add_mmt_psm_config", "add_sslseg_config", "resolve_device"]

@@ -5,6 +5,8 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/.../model_final.pth
     python tools/train_net.py --config-file CFG --resume          # continue from last_checkpoint
     python tools/train_net.py --config-file CFG --num-gpus 2      # 2 processes (gloo on CPU)
+    python tools/train_net.py --config-file configs/mmt_psm/isbi2014_20pct.yaml   # MMT-PSM
+    ... --eval-only MODEL.WEIGHTS W MODEL.MMT_PSM.EVAL_MODEL student   # MMT-PSM: the student
 
 The final evaluation is written to ``OUTPUT_DIR/final_metrics.json`` (and, during training, to
 detectron2's ``OUTPUT_DIR/metrics.json`` event log).
@@ -16,15 +18,16 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import d2ext  # noqa: F401  (registers datasets and models)
-from d2ext.config import add_sslseg_config, resolve_device
+from d2ext.config import add_mmt_psm_config, add_sslseg_config, resolve_device
 from d2ext.data import set_data_root
-from d2ext.engine import AtomicDetectionCheckpointer, Trainer, write_final_metrics
+from d2ext.engine import AtomicDetectionCheckpointer, trainer_class, write_final_metrics
 
 
 def setup(args):
     """Build the frozen config from ``--config-file`` and ``opts`` and set up logging/seeds."""
     cfg = get_cfg()
     add_sslseg_config(cfg)
+    add_mmt_psm_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     resolve_device(cfg)
@@ -36,6 +39,7 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
+    Trainer = trainer_class(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -44,7 +48,7 @@ def main(args):
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
-            write_final_metrics(res, cfg.OUTPUT_DIR)
+            write_final_metrics(res, cfg.OUTPUT_DIR, **Trainer.results_tags(model))
         return res
 
     trainer = Trainer(cfg)

@@ -6,9 +6,11 @@ from .register import (
     register_coco_instances_with_points,
     register_unlabeled_images,
 )
+from .kview_mapper import KViewMapper
 from .two_stream import TwoStreamLoader, build_two_stream_train_loader, split_batch_size
 
 __all__ = [
+    "KViewMapper",
     "set_data_root",
     "load_coco_json_with_points",
     "load_unlabeled_images",

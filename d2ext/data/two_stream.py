@@ -6,7 +6,7 @@ zipped so every step yields ``(labeled_batch, unlabeled_batch)``.
 """
 
 import logging
-from typing import Dict, Iterable, Iterator, List, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
@@ -33,17 +33,37 @@ def split_batch_size(total: int, unlabeled_ratio: float) -> Tuple[int, int]:
 
 
 class TwoStreamLoader:
-    """Iterable over ``(labeled: list[dict], unlabeled: list[dict])``, one pair per step.
+    """Iterable over ``(labeled: list[dict], unlabeled: list[dict] | None)``, one pair per step.
 
-    Both loaders are infinite (TrainingSampler), so the pairs never run out.
+    Both loaders are infinite (TrainingSampler), so the pairs never run out. ``unlabeled_gate``,
+    when set, is asked before every step; while it returns False the unlabeled stream is not
+    drawn from (nothing loaded or augmented) and the pair holds ``None`` (e.g. MMT-PSM's
+    labeled-only burn-in).
     """
 
-    def __init__(self, labeled: Iterable[List[Dict]], unlabeled: Iterable[List[Dict]]):
+    def __init__(
+        self,
+        labeled: Iterable[List[Dict]],
+        unlabeled: Iterable[List[Dict]],
+        unlabeled_gate: Optional[Callable[[], bool]] = None,
+    ):
         self.labeled = labeled
         self.unlabeled = unlabeled
+        self.unlabeled_gate = unlabeled_gate
 
-    def __iter__(self) -> Iterator[Tuple[List[Dict], List[Dict]]]:
-        return zip(iter(self.labeled), iter(self.unlabeled))
+    def __iter__(self) -> Iterator[Tuple[List[Dict], Optional[List[Dict]]]]:
+        labeled = iter(self.labeled)
+        unlabeled = None
+        for batch in labeled:
+            if self.unlabeled_gate is not None and not self.unlabeled_gate():
+                yield batch, None
+                continue
+            if unlabeled is None:
+                unlabeled = iter(self.unlabeled)
+            other = next(unlabeled, None)
+            if other is None:  # a finite unlabeled stream ends the pairs, as zip would
+                return
+            yield batch, other
 
 
 def _stream_sampler(num_images: int, seed: int, offset: int) -> TrainingSampler:

@@ -29,17 +29,19 @@ FINAL_METRICS_FILE = "final_metrics.json"
 
 
 @contextlib.contextmanager
-def _cpu_ddp_without_device_ids():
-    """Make detectron2's ``create_ddp_model`` pass ``device_ids=None`` for CPU models.
+def _ddp_options(**extra):
+    """Adjust the DDP wrapper ``DefaultTrainer.__init__`` builds with ``create_ddp_model``.
 
-    ``DefaultTrainer.__init__`` calls ``create_ddp_model(model, broadcast_buffers=False)``, which
-    sets ``device_ids=[local_rank]``: fine on GPUs, a ValueError from DDP for CPU modules.
+    That call sets ``device_ids=[local_rank]``: fine on GPUs, a ValueError from DDP for CPU
+    modules, so CPU models get ``device_ids=None``. ``extra`` (e.g.
+    ``find_unused_parameters=True``) is passed on to DDP.
     """
     create_ddp_model = d2_defaults.create_ddp_model
 
     def create(model, **kwargs):
         if next(model.parameters()).device.type == "cpu":
             kwargs.setdefault("device_ids", None)
+        kwargs.update(extra)
         return create_ddp_model(model, **kwargs)
 
     d2_defaults.create_ddp_model = create
@@ -49,12 +51,13 @@ def _cpu_ddp_without_device_ids():
         d2_defaults.create_ddp_model = create_ddp_model
 
 
-def write_final_metrics(results, output_dir: str) -> str:
+def write_final_metrics(results, output_dir: str, **extra) -> str:
     """Write evaluation ``results`` (``{task: {metric: value}}``, or per dataset when several
-    test sets) to ``output_dir/final_metrics.json`` (main process only); returns the path."""
+    test sets) and ``extra`` top-level entries (e.g. ``evaluated_model="teacher"``) to
+    ``output_dir/final_metrics.json`` (main process only); returns the path."""
     path = os.path.join(output_dir, FINAL_METRICS_FILE)
     if comm.is_main_process() and results:
-        write_json_atomic(results, path, indent=2)
+        write_json_atomic({**extra, **results}, path, indent=2)
         logger.info(f"Final evaluation written to {path}")
     return path
 
@@ -62,8 +65,12 @@ def write_final_metrics(results, output_dir: str) -> str:
 class Trainer(DefaultTrainer):
     """DefaultTrainer for cell instance segmentation (see the module docstring)."""
 
+    # DDP option: True when some parameters get no gradient in some steps.
+    find_unused_parameters = False
+
     def __init__(self, cfg):
-        with _cpu_ddp_without_device_ids():
+        extra = {"find_unused_parameters": True} if self.find_unused_parameters else {}
+        with _ddp_options(**extra):
             super().__init__(cfg)
 
     def build_hooks(self):
@@ -89,5 +96,10 @@ class Trainer(DefaultTrainer):
         super().train()
         results = getattr(self, "_last_eval_results", None)
         if results:
-            write_final_metrics(results, self.cfg.OUTPUT_DIR)
+            write_final_metrics(results, self.cfg.OUTPUT_DIR, **self.results_tags(self.model))
         return results
+
+    @classmethod
+    def results_tags(cls, model) -> dict:
+        """Top-level entries written next to the metrics in final_metrics.json (none here)."""
+        return {}

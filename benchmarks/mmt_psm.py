@@ -1,0 +1,258 @@
+"""MMT-PSM vs. supervised-only Mask R-CNN on ISBI 2014 with 20 % of the training images labeled.
+
+Data: ``../shared/data/isbi2014_cervical``, fixed split (d2ext/data/builtin.py): images 1-35
+train, 36-45 test. Labeled: ``isbi2014_train_labeled_20`` (7 images, a seeded permutation);
+unlabeled: the other 28 training images + the 16 real EDF images. Both runs are
+``tools/train_net.py`` runs of the shipped configs (``configs/mmt_psm/isbi2014_20pct.yaml`` and
+``supervised_isbi2014_20pct.yaml``), same seed, iterations and labeled stream, with the CPU
+budget overrides below; both are trained FROM SCRATCH (no pretrained weights can be downloaded
+here) and the final checkpoint is scored (MMT-PSM: the teacher, as the paper; the student is
+reported in ``budget``). Metrics (percent): AJI (Kumar) and COCO mask mAP per class and their
+average, plus the paper's matched AJI.
+
+CPU budget (default): R-18 FPN with 128 channels and slim heads, images resized to 256 px
+(ISBI: 512), 1 labeled (+ 1 unlabeled) image per step, ``--iterations`` 600 with the paper's
+schedule scaled by 600/8000 (burn-in, EMA start, ramps, lr steps) except the ramps, kept >= 50.
+``--paper``: R-50, 512 px, 2 + 2 per step, 8000 iterations, the paper's schedule (a GPU).
+
+Speed ``step_vs_floor``: one process, alternating rounds on the same batch, models loaded from
+the trained MMT-PSM checkpoint. ours = MMT-PSM step / supervised step (1 labeled image); the
+reference (floor) = [supervised step on the labeled + L student views + V_t teacher forwards
+(standard inference without gradient or post-processing, on as many RPN proposals as MMT-PSM's
+teacher classifies, ``PROPOSALS_PER_IMAGE``)] / supervised step. Target: ours within 15 % of the
+floor.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sslseg.bench import speed_entry
+from sslseg.paths import data_root, work_dir
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs" / "mmt_psm"
+SEED = 0
+PAPER_ITERS = 8000
+
+# CPU-budget model: as configs/mmt_psm/synthetic_cells_demo.yaml.
+SMALL_MODEL = [
+    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.FPN.OUT_CHANNELS", "128", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "500",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_BOX_HEAD.CONV_DIM", "128",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "128", "MODEL.MMT_PSM.PROPOSALS_PER_IMAGE", "256",
+]
+
+
+def add_arguments(parser):
+    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--size", type=int, default=256, help="training/test image size")
+    parser.add_argument("--labeled-per-step", type=int, default=1)
+    parser.add_argument("--timing-rounds", type=int, default=3)
+    parser.add_argument("--paper", action="store_true", help="R-50, 512 px, 2+2, 8000 iterations")
+
+
+def _schedule(iters: int, paper: bool):
+    """Config overrides of the iteration schedule scaled from the paper's 8000 iterations."""
+    if paper:
+        return []
+    s = iters / PAPER_ITERS
+    burn_in = int(round(1000 * s))
+    ramp = max(50, int(round(250 * s)))
+    return [
+        "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(5000 * s)}, {int(7000 * s)})",
+        "SOLVER.WARMUP_ITERS", str(max(10, int(1000 * s))),
+        "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", "0",
+        "MODEL.MMT_PSM.BURN_IN_ITERS", str(burn_in),
+        "MODEL.MMT_PSM.EMA_START_ITER", str(burn_in - 10),
+        "MODEL.MMT_PSM.RAMP_UP_ITERS", str(ramp), "MODEL.MMT_PSM.RAMP_DOWN_ITERS", str(ramp),
+    ]
+
+
+def _overrides(args):
+    if args.paper:
+        return ["SEED", str(SEED)]
+    size = str(args.size)
+    return SMALL_MODEL + _schedule(args.iterations, False) + [
+        "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", size,
+        "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size, "SEED", str(SEED),
+    ]
+
+
+def _train(config: Path, out: Path, opts, log: Path, extra_args=()) -> float:
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(config),
+           *extra_args, *opts, "OUTPUT_DIR", str(out)]
+    print(f"[bench] $ {' '.join(cmd)}  (log {log})", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if rc != 0:
+        tail = "".join(open(log).readlines()[-40:])
+        raise RuntimeError(f"train_net failed (exit {rc}); end of {log}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def _metrics(path: Path):
+    """Benchmark metric keys from a final_metrics.json (percent)."""
+    res = json.loads(path.read_text())
+    segm, cells = res["segm"], res["cells"]
+    out = {
+        "aji_cyto": cells["AJI-cytoplasm"], "aji_nuc": cells["AJI-nuclei"],
+        "map_cyto": segm["AP-cytoplasm"], "map_nuc": segm["AP-nuclei"],
+        "aji_matched_cyto": cells["AJI-matched-cytoplasm"],
+        "aji_matched_nuc": cells["AJI-matched-nuclei"],
+    }
+    out = {k: float("nan") if v is None else float(v) for k, v in out.items()}
+    out["aji_avg"] = (out["aji_cyto"] + out["aji_nuc"]) / 2
+    out["map_avg"] = (out["map_cyto"] + out["map_nuc"]) / 2
+    out["aji_matched_avg"] = (out["aji_matched_cyto"] + out["aji_matched_nuc"]) / 2
+    return out, res.get("evaluated_model", "model")
+
+
+def _build_cfg(config: Path, opts):
+    from detectron2.config import get_cfg
+
+    from d2ext.config import add_mmt_psm_config, add_sslseg_config
+
+    cfg = get_cfg()
+    add_sslseg_config(cfg)
+    add_mmt_psm_config(cfg)
+    cfg.merge_from_file(str(config))
+    cfg.merge_from_list(list(opts) + ["MODEL.DEVICE", "cpu"])
+    return cfg
+
+
+def step_times(cfg, weights: Path, labeled_per_step: int, rounds: int, steps: int = 2):
+    """Median step seconds: (MMT-PSM, supervised, floor), alternating rounds, same batch."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+    from detectron2.utils.events import EventStorage
+
+    from d2ext.data import KViewMapper
+    from d2ext.engine import EMATeacherHook
+
+    torch.manual_seed(SEED)
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(weights))
+    model.train()
+    model.unsup_weight = 1.0
+    labeled_mapper, view_mapper = DatasetMapper(cfg, True), KViewMapper(cfg)
+    labeled = [labeled_mapper(d) for d in
+               DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:labeled_per_step]]
+    unl = [view_mapper(d) for d in
+           DatasetCatalog.get(cfg.DATASETS.TRAIN_UNLABELED[0])[:labeled_per_step]]
+    # the student's unlabeled views as if labeled (same size): the floor's student images
+    extra = [dict(labeled[i % len(labeled)], image=v) for i, d in enumerate(unl)
+             for v in d["student_views"]]
+    teacher_inputs = [{"image": v} for d in unl for v in d["teacher_views"]]
+    opt = build_optimizer(cfg, model)
+    # the floor's teacher forward: a standard inference on as many proposals as MMT-PSM's teacher
+    # classifies per view (test-time RPN would keep POST_NMS_TOPK_TEST)
+    rpn = model.teacher.proposal_generator
+    rpn.post_nms_topk = {**rpn.post_nms_topk, False: cfg.MODEL.MMT_PSM.PROPOSALS_PER_IMAGE}
+
+    def sgd_step(loss_fn):
+        t0 = time.perf_counter()
+        with EventStorage(0):
+            losses = loss_fn()
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+        return time.perf_counter() - t0
+
+    def ours():
+        t = sgd_step(lambda: model((labeled, unl)))
+        t0 = time.perf_counter()
+        EMATeacherHook.update(model, 0.99)
+        return t + time.perf_counter() - t0
+
+    def supervised(inputs):
+        return sgd_step(lambda: super(type(model), model).forward(inputs))
+
+    @torch.no_grad()
+    def teacher_forwards():
+        t0 = time.perf_counter()
+        for x in teacher_inputs:  # one view at a time: V_t forwards
+            model.teacher.inference([x], do_postprocess=False)
+        return time.perf_counter() - t0
+
+    t_ours, t_sup, t_floor = [], [], []
+    for _ in range(rounds):
+        ours()  # warm-up
+        t_ours += [ours() for _ in range(steps)]
+        supervised(labeled)
+        t_sup += [supervised(labeled) for _ in range(steps)]
+        supervised(labeled + extra)
+        t_floor += [supervised(labeled + extra) + teacher_forwards() for _ in range(steps)]
+    return statistics.median(t_ours), statistics.median(t_sup), statistics.median(t_floor)
+
+
+def run(args):
+    if args.paper:
+        args.iterations, args.size, args.labeled_per_step = PAPER_ITERS, 512, 2
+    root = data_root(must_exist=True)
+    if not (root / "isbi2014_cervical").is_dir():
+        raise FileNotFoundError(f"{root / 'isbi2014_cervical'} not found (ISBI 2014 data)")
+    out = work_dir("bench/mmt_psm")
+    opts = _overrides(args)
+    batch = ["SOLVER.IMS_PER_BATCH"]
+    mmt_opts = opts + batch + [str(2 * args.labeled_per_step)]
+    sup_opts = opts + batch + [str(args.labeled_per_step)]
+
+    t_sup = _train(CONFIGS / "supervised_isbi2014_20pct.yaml", out / "supervised", sup_opts,
+                   out / "supervised.log")
+    t_mmt = _train(CONFIGS / "isbi2014_20pct.yaml", out / "mmt_psm", mmt_opts,
+                   out / "mmt_psm.log")
+    baseline, _ = _metrics(out / "supervised" / "final_metrics.json")
+    ours, evaluated = _metrics(out / "mmt_psm" / "final_metrics.json")
+    assert evaluated == "teacher", f"MMT-PSM evaluated the {evaluated}, expected the teacher"
+    weights = out / "mmt_psm" / "model_final.pth"
+    t_eval_student = _train(
+        CONFIGS / "isbi2014_20pct.yaml", out / "mmt_psm_student",
+        mmt_opts + ["MODEL.WEIGHTS", str(weights), "MODEL.MMT_PSM.EVAL_MODEL", "student"],
+        out / "mmt_psm_student.log", extra_args=["--eval-only"],
+    )
+    student, evaluated = _metrics(out / "mmt_psm_student" / "final_metrics.json")
+    assert evaluated == "student", f"expected the student to be evaluated, got {evaluated}"
+
+    cfg = _build_cfg(CONFIGS / "isbi2014_20pct.yaml", mmt_opts)
+    from d2ext.data import set_data_root
+
+    set_data_root(str(root))
+    s_ours, s_sup, s_floor = step_times(cfg, weights, args.labeled_per_step, args.timing_rounds)
+    views_t = cfg.MODEL.MMT_PSM.NUM_TEACHER_VIEWS * (2 if cfg.MODEL.MMT_PSM.TEACHER_VIEW_FLIP
+                                                     else 1)
+    return {
+        "method": "MMT-PSM (plain Mask R-CNN, not IR-Net)",
+        "dataset": "isbi2014_cervical",
+        "split": "train images 1-35 (20 % = 7 labeled; 28 + 16 EDF unlabeled), test 36-45",
+        "budget": {
+            "trained_from_scratch": True,
+            "iterations": args.iterations,
+            "image_size": args.size,
+            "labeled_per_step": args.labeled_per_step,
+            "unlabeled_per_step": args.labeled_per_step,
+            "teacher_views": views_t,
+            "backbone": "R-50 FPN" if args.paper else "R-18 FPN-128, slim heads",
+            "seed": SEED,
+            "overrides": opts,
+            "train_seconds": {"supervised": t_sup, "mmt_psm": t_mmt},
+            "student_eval_seconds": t_eval_student,
+            "mmt_psm_student_metrics": student,
+            "evaluated": "final checkpoints; MMT-PSM: teacher (student in mmt_psm_student_metrics)",
+            "step_seconds": {"mmt_psm": s_ours, "supervised": s_sup, "floor": s_floor},
+        },
+        "metrics": ours,
+        "baseline_metrics": baseline,
+        "speed": {
+            "step_vs_floor": speed_entry(s_ours / s_sup, s_floor / s_sup, 1.15, unit="x"),
+        },
+    }
