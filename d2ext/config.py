@@ -71,15 +71,22 @@ def add_mmt_psm_config(cfg: CN) -> None:
     _C.NUM_TEACHER_VIEWS = 2
     # Add a horizontally flipped copy of every teacher colour view (reference: K=2 -> 4 views).
     _C.TEACHER_VIEW_FLIP = True
-    # Views for the student (L); each is flipped with probability 0.5.
+    # Views for the student (L). The image is flipped with probability 0.5 before any view is
+    # made (shared by all views); student views are never flipped relative to teacher view 0.
     _C.NUM_STUDENT_VIEWS = 1
     # Brightness / contrast jitter: factors drawn from [1 - x, 1 + x] (torchvision ColorJitter).
     _C.BRIGHTNESS = 0.15
     _C.CONTRAST = 0.15
     # Hue jitter in [-x, x] (no effect on grey images replicated to 3 channels).
     _C.HUE = 0.05
-    # Probability of random erasing (torchvision RandomErasing, value 0) per unlabeled view.
+    # Random erasing of every unlabeled view (reference code): up to ERASE_MAX_PATCHES attempts
+    # (the number drawn uniformly from 0..max), each erasing one patch with probability ERASE_PROB.
     _C.ERASE_PROB = 0.9
+    _C.ERASE_MAX_PATCHES = 10
+    # Patch area as a fraction of the image, drawn uniformly from this range.
+    _C.ERASE_AREA = (0.001, 0.004)
+    # Patch aspect ratio (h / w), drawn uniformly from this range; patches get uniform noise.
+    _C.ERASE_RATIO = (0.2, 5.0)
     # -- pseudo-labels and perturbation-sensitive sample mining --
     # Teacher RPN proposals (on the first teacher view) kept per unlabeled image, by objectness.
     _C.PROPOSALS_PER_IMAGE = 512
@@ -99,7 +106,11 @@ def add_mmt_psm_config(cfg: CN) -> None:
     _C.MGD_IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
     # Score threshold of the teacher detections whose masks form the foreground mask (applied
     # after the box predictor's own ROI_HEADS.SCORE_THRESH_TEST, NMS and DETECTIONS_PER_IMAGE).
-    _C.MGD_SCORE_THRESH = 0.5
+    # Reference code: 0.1.
+    _C.MGD_SCORE_THRESH = 0.1
+    # Normalisation of L_mgd: "elements" (mean over foreground cells x channels per level, then
+    # over levels: reference code) or "positions" (sum / (2 N_p), Wang et al. CVPR 2019).
+    _C.MGD_NORMALIZE = "elements"
     # gamma: weight of L_mgd inside lambda(t) (L_psm + gamma L_mgd).
     _C.MGD_WEIGHT = 5.0
     # -- ablation switches --
@@ -109,3 +120,19 @@ def add_mmt_psm_config(cfg: CN) -> None:
     _C.USE_MGD = True
     # True: perturbation-sensitive mining; False: L_psm on all proposals.
     _C.SAMPLE_MINING = True
+
+
+def build_cfg(config_file: str, opts=()) -> CN:
+    """The project's config as ``tools/train_net.py`` builds it: ``get_cfg()`` + every
+    ``add_*_config`` + ``config_file`` + ``opts`` (KEY VALUE list) + :func:`resolve_device`.
+
+    Not frozen, so a tool can still adjust it.
+    """
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_sslseg_config(cfg)
+    add_mmt_psm_config(cfg)
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(opts))
+    return resolve_device(cfg)

@@ -1,5 +1,6 @@
 """Dataset registration, the two-stream loader, device resolution and the built-in datasets."""
 
+import itertools
 import json
 import os
 import uuid
@@ -122,6 +123,42 @@ def test_two_stream_needs_unlabeled(cells):
     cfg.DATASETS.TRAIN_UNLABELED = ()
     with pytest.raises(AssertionError, match="TRAIN_UNLABELED is empty"):
         build_two_stream_train_loader(cfg)
+
+
+def _ids(batches):
+    return [[d["file_name"] for d in b] for b in batches]
+
+
+def test_two_stream_gate_skips_the_unlabeled_stream(cells):
+    """While the gate says no, pairs hold None and the unlabeled stream is not advanced."""
+    loader = build_two_stream_train_loader(_loader_cfg(cells, 2, 1.0))
+    ungated = list(itertools.islice(iter(loader), 4))
+    loader = build_two_stream_train_loader(_loader_cfg(cells, 2, 1.0))
+    open_from = 2
+    state = {"step": 0}
+
+    def gate():
+        state["step"] += 1
+        return state["step"] > open_from
+
+    loader.unlabeled_gate = gate
+    gated = list(itertools.islice(iter(loader), 4))
+    assert _ids(b for b, _ in gated) == _ids(b for b, _ in ungated), "labeled stream changed"
+    assert [u is None for _, u in gated] == [True, True, False, False]
+    # the first unlabeled batch drawn is the stream's first, not its third
+    assert _ids(u for _, u in gated[open_from:]) == _ids(u for _, u in ungated[:2])
+
+
+def test_resumable_sampler_continues_the_sequence(cells):
+    """skip = images already drawn: the samplers continue where an uninterrupted run is."""
+    full = build_two_stream_train_loader(_loader_cfg(cells, 2, 1.0))
+    pairs = list(itertools.islice(iter(full), 5))
+    resumed = build_two_stream_train_loader(_loader_cfg(cells, 2, 1.0))
+    for sampler in resumed.samplers:
+        sampler.skip = 3  # 3 steps of 1 image per stream
+    again = list(itertools.islice(iter(resumed), 2))
+    assert _ids(b for b, _ in again) == _ids(b for b, _ in pairs[3:])
+    assert _ids(u for _, u in again) == _ids(u for _, u in pairs[3:])
 
 
 @pytest.mark.parametrize(

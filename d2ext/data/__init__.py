@@ -7,7 +7,12 @@ from .register import (
     register_unlabeled_images,
 )
 from .kview_mapper import KViewMapper
-from .two_stream import TwoStreamLoader, build_two_stream_train_loader, split_batch_size
+from .two_stream import (
+    ResumableTrainingSampler,
+    TwoStreamLoader,
+    build_two_stream_train_loader,
+    split_batch_size,
+)
 
 __all__ = [
     "KViewMapper",
@@ -16,6 +21,7 @@ __all__ = [
     "load_unlabeled_images",
     "register_coco_instances_with_points",
     "register_unlabeled_images",
+    "ResumableTrainingSampler",
     "TwoStreamLoader",
     "build_two_stream_train_loader",
     "split_batch_size",

@@ -1,6 +1,7 @@
 from .checkpoint import AtomicDetectionCheckpointer
 from .ema import EMATeacherHook, ema_alpha, ema_update_, unwrap_model
 from .mmt_psm_trainer import MMTPSMTrainer
+from .rng_hook import RNGStateHook
 from .schedules import UnsupWeightHook, unsup_weight
 from .trainer import Trainer, write_final_metrics
 
@@ -17,6 +18,7 @@ __all__ = [
     "AtomicDetectionCheckpointer",
     "EMATeacherHook",
     "MMTPSMTrainer",
+    "RNGStateHook",
     "TRAINERS",
     "Trainer",
     "UnsupWeightHook",

@@ -14,12 +14,14 @@ import os
 
 from detectron2.data import DatasetMapper
 from detectron2.engine import hooks as d2_hooks
+from detectron2.utils import comm
 
 from d2ext.data.kview_mapper import KViewMapper
-from d2ext.data.two_stream import build_two_stream_train_loader
+from d2ext.data.two_stream import build_two_stream_train_loader, split_batch_size
 
 from .ema import EMATeacherHook, unwrap_model
-from .schedules import UnsupWeightHook
+from .rng_hook import RNGStateHook
+from .schedules import UnsupWeightHook, unsup_weight
 from .trainer import Trainer
 
 __all__ = ["MMTPSMTrainer"]
@@ -56,11 +58,34 @@ class MMTPSMTrainer(Trainer):
         )
         hooks.insert(at, ema)
         hooks.insert(0, UnsupWeightHook(self.cfg))
+        hooks.append(RNGStateHook())
         return hooks
 
-    @classmethod
-    def results_tags(cls, model) -> dict:
-        return {"evaluated_model": unwrap_model(model).evaluated_model()}
+    def resume_or_load(self, resume=True):
+        """As DefaultTrainer's, then continue both samplers where the checkpoint left them.
+
+        The labeled stream gave one batch per step; the unlabeled stream one per step with
+        lambda(t) > 0. With ``RNGStateHook`` (global RNGs) and ``DATALOADER.NUM_WORKERS 0`` a
+        resumed run repeats the uninterrupted one exactly; with workers, their augmentation
+        random streams restart on resume.
+        """
+        super().resume_or_load(resume=resume)
+        hook = next(h for h in self._hooks if isinstance(h, UnsupWeightHook))
+        steps_unlabeled = sum(
+            unsup_weight(t, **hook.kwargs) > 0 for t in range(self.start_iter)
+        )
+        world = comm.get_world_size()
+        for sampler, steps, batch in zip(
+            self.data_loader.samplers,
+            (self.start_iter, steps_unlabeled),
+            split_batch_size(self.cfg.SOLVER.IMS_PER_BATCH, self.cfg.DATALOADER.UNLABELED_RATIO),
+        ):
+            sampler.skip = steps * (batch // world)
+        if self.start_iter:
+            logger.info(
+                f"[MMTPSMTrainer] resumed at iteration {self.start_iter}: samplers continue after "
+                f"{self.start_iter} labeled and {steps_unlabeled} unlabeled batches"
+            )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -72,5 +97,17 @@ class MMTPSMTrainer(Trainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        logger.info(f"[MMTPSMTrainer] evaluating the {unwrap_model(model).evaluated_model()}")
+        """Evaluate the network ``model.evaluated_model()`` names (the student while the teacher
+        is not initialised); outputs go to ``OUTPUT_DIR/inference/<dataset>_<that name>/``."""
+        name = unwrap_model(model).evaluated_model()
+        logger.info(f"[MMTPSMTrainer] evaluating the {name}")
+        if name != cfg.MODEL.MMT_PSM.EVAL_MODEL:
+            cfg = cfg.clone()  # only names the output folders; the model decides what runs
+            cfg.defrost()
+            cfg.MODEL.MMT_PSM.EVAL_MODEL = name
+            cfg.freeze()
         return super().test(cfg, model, evaluators)
+
+    @classmethod
+    def results_tags(cls, model) -> dict:
+        return {"evaluated_model": unwrap_model(model).evaluated_model()}

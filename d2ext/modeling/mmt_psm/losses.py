@@ -94,12 +94,14 @@ def mine_proposals(
 def psm_loss(
     student_logits: torch.Tensor, target: torch.Tensor, bg_weight: float = 1.5
 ) -> torch.Tensor:
-    """Class-balanced soft cross-entropy: mean over proposals of -sum_c w_c q_c log p_c.
+    """Class-balanced soft cross-entropy: mean over proposals of w_r * sum_c -q_rc log p_rc,
+    w_r = ``bg_weight`` for proposals whose pseudo-label (argmax of q) is background, else 1
+    (the reference code's weighting of the kept negatives).
 
     Args:
         student_logits: (R, C+1) student classifier logits.
         target: (R, C+1) sharpened teacher probabilities (rows sum to 1), no gradient.
-        bg_weight: w of the background class (the last); foreground classes weigh 1.
+        bg_weight: weight of background proposals; foreground ones weigh 1.
     Returns:
         scalar; 0 (connected to the graph) when R == 0.
     """
@@ -108,13 +110,17 @@ def psm_loss(
     )
     if student_logits.numel() == 0:
         return student_logits.sum() * 0.0
-    weight = torch.ones(target.shape[1], dtype=target.dtype, device=target.device)
-    weight[-1] = bg_weight
-    return F.cross_entropy(student_logits, target.detach(), weight=weight)
+    target = target.detach()
+    bg = target.argmax(-1) == target.shape[1] - 1
+    weight = torch.where(bg, torch.full_like(bg, bg_weight, dtype=target.dtype),
+                         torch.ones_like(bg, dtype=target.dtype))
+    ce = -(target * F.log_softmax(student_logits, dim=-1)).sum(-1)
+    return (weight * ce).mean()
 
 
 def level_masks(fg_mask: torch.Tensor, shapes: Sequence[torch.Size]) -> List[torch.Tensor]:
-    """Foreground mask of each feature level: a cell is foreground when any pixel under it is.
+    """Foreground mask of each feature level: a cell is foreground when more than half of the
+    input pixels under it are (adaptive average pooling, threshold 0.5, as the reference code).
 
     Args:
         fg_mask: (N, H, W) bool, at the (padded) input resolution.
@@ -123,17 +129,26 @@ def level_masks(fg_mask: torch.Tensor, shapes: Sequence[torch.Size]) -> List[tor
         list of (N, 1, h_l, w_l) float masks in {0, 1}.
     """
     m = fg_mask[:, None].float()
-    return [F.adaptive_max_pool2d(m, tuple(s)) for s in shapes]
+    return [(F.adaptive_avg_pool2d(m, tuple(s)) > 0.5).float() for s in shapes]
+
+
+MGD_NORMALIZATIONS = ("elements", "positions")
 
 
 def mgd_loss(
-    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
+    student: Sequence[torch.Tensor],
+    teacher: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor],
+    normalize: str = "elements",
 ) -> torch.Tensor:
-    """Mask-guided feature distillation.
+    """Mask-guided feature distillation: squared differences on foreground cells only.
 
-    L = 1 / (2 N_p) * sum_l sum_{n,i,j} M^l_nij sum_c (S^l_ncij - T^l_ncij)^2,
-    N_p = sum_l sum_{n,i,j} M^l_nij (the foreground cells of all levels), as in the imitation loss
-    the paper's Eq. 4 follows (Wang et al., CVPR 2019). Background cells contribute nothing.
+    ``normalize``:
+    - "elements" (default; the reference code): per level, the mean over foreground cells and
+      channels, sum_{n,i,j} M sum_c (S - T)^2 / (C * sum M), then the mean over levels (a level
+      without foreground contributes 0);
+    - "positions" (the imitation loss of Wang et al., CVPR 2019, that Eq. 4 follows):
+      sum over levels, cells and channels / (2 N_p), N_p = foreground cells of all levels.
 
     Args:
         student, teacher: per level, (N, C', h_l, w_l) adapted features (teacher: no gradient).
@@ -142,15 +157,19 @@ def mgd_loss(
         scalar; 0 (connected to the graph) when no cell is foreground.
     """
     assert len(student) == len(teacher) == len(masks), "one student/teacher/mask per level"
-    total = student[0].sum() * 0.0
-    num_pos = 0.0
+    assert normalize in MGD_NORMALIZATIONS, (
+        f"MODEL.MMT_PSM.MGD_NORMALIZE must be one of {MGD_NORMALIZATIONS}, got {normalize!r}"
+    )
+    sums, counts = [], []
     for s, t, m in zip(student, teacher, masks):
         assert s.shape == t.shape and m.shape[-2:] == s.shape[-2:], (
             f"level shapes differ: student {tuple(s.shape)}, teacher {tuple(t.shape)}, "
             f"mask {tuple(m.shape)}"
         )
-        total = total + (((s - t.detach()) ** 2) * m).sum()
-        num_pos += float(m.sum())
-    if num_pos == 0:
-        return total
-    return total / (2.0 * num_pos)
+        sums.append((((s - t.detach()) ** 2) * m).sum())
+        counts.append(float(m.sum()))
+    if normalize == "elements":
+        per_level = [x / (n * s.shape[1]) if n > 0 else x for x, n, s in zip(sums, counts, student)]
+        return torch.stack(per_level).mean()
+    total = torch.stack(sums).sum()
+    return total / (2.0 * sum(counts)) if sum(counts) > 0 else total

@@ -114,6 +114,7 @@ class MMTPSMRCNN(GeneralizedRCNN):
         bg_weight: float = 1.5,
         mgd_score_thresh: float = 0.5,
         mgd_weight: float = 5.0,
+        mgd_normalize: str = "elements",
         use_psm: bool = True,
         use_mgd: bool = True,
         sample_mining: bool = True,
@@ -151,6 +152,7 @@ class MMTPSMRCNN(GeneralizedRCNN):
         self.bg_weight = bg_weight
         self.mgd_score_thresh = mgd_score_thresh
         self.mgd_weight = mgd_weight
+        self.mgd_normalize = mgd_normalize
         self.use_psm = use_psm
         self.use_mgd = use_mgd
         self.sample_mining = sample_mining
@@ -187,6 +189,7 @@ class MMTPSMRCNN(GeneralizedRCNN):
             bg_weight=c.BG_WEIGHT,
             mgd_score_thresh=c.MGD_SCORE_THRESH,
             mgd_weight=c.MGD_WEIGHT,
+            mgd_normalize=c.MGD_NORMALIZE,
             use_psm=c.USE_PSM,
             use_mgd=c.USE_MGD,
             sample_mining=c.SAMPLE_MINING,
@@ -367,5 +370,7 @@ class MMTPSMRCNN(GeneralizedRCNN):
                     for f in self.mgd_in_features
                 ]
             masks = level_masks(fg, [s.shape[-2:] for s in student])
-            losses["loss_mgd"] = self.mgd_weight * mgd_loss(student, teacher, masks)
+            losses["loss_mgd"] = self.mgd_weight * mgd_loss(
+                student, teacher, masks, self.mgd_normalize
+            )
         return losses
