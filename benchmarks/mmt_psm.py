@@ -116,19 +116,6 @@ def _metrics(path: Path):
     return out, res.get("evaluated_model", "model")
 
 
-def _build_cfg(config: Path, opts):
-    from detectron2.config import get_cfg
-
-    from d2ext.config import add_mmt_psm_config, add_sslseg_config
-
-    cfg = get_cfg()
-    add_sslseg_config(cfg)
-    add_mmt_psm_config(cfg)
-    cfg.merge_from_file(str(config))
-    cfg.merge_from_list(list(opts) + ["MODEL.DEVICE", "cpu"])
-    return cfg
-
-
 def step_times(cfg, weights: Path, labeled_per_step: int, rounds: int, steps: int = 2):
     """Median step seconds: (MMT-PSM, supervised, floor), alternating rounds, same batch."""
     from detectron2.checkpoint import DetectionCheckpointer
@@ -224,7 +211,9 @@ def run(args):
     student, evaluated = _metrics(out / "mmt_psm_student" / "final_metrics.json")
     assert evaluated == "student", f"expected the student to be evaluated, got {evaluated}"
 
-    cfg = _build_cfg(CONFIGS / "isbi2014_20pct.yaml", mmt_opts)
+    from d2ext.config import build_cfg
+
+    cfg = build_cfg(CONFIGS / "isbi2014_20pct.yaml", mmt_opts + ["MODEL.DEVICE", "cpu"])
     from d2ext.data import set_data_root
 
     set_data_root(str(root))

@@ -12,25 +12,19 @@ The final evaluation is written to ``OUTPUT_DIR/final_metrics.json`` (and, durin
 detectron2's ``OUTPUT_DIR/metrics.json`` event log).
 """
 
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import d2ext  # noqa: F401  (registers datasets and models)
-from d2ext.config import add_mmt_psm_config, add_sslseg_config, resolve_device
+from d2ext.config import build_cfg
 from d2ext.data import set_data_root
 from d2ext.engine import AtomicDetectionCheckpointer, trainer_class, write_final_metrics
 
 
 def setup(args):
     """Build the frozen config from ``--config-file`` and ``opts`` and set up logging/seeds."""
-    cfg = get_cfg()
-    add_sslseg_config(cfg)
-    add_mmt_psm_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    resolve_device(cfg)
+    cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     set_data_root(cfg.DATASETS.DATA_ROOT)

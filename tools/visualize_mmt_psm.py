@@ -39,7 +39,6 @@ import cv2
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.layers import paste_masks_in_image
@@ -49,7 +48,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 import d2ext  # noqa: F401  (registers datasets and models)
-from d2ext.config import add_mmt_psm_config, add_sslseg_config, resolve_device
+from d2ext.config import build_cfg
 from d2ext.data import KViewMapper, set_data_root
 from d2ext.modeling.mmt_psm.meta_arch import MMTPSMRCNN, PseudoLabels
 from sslseg.io import atomic_open
@@ -92,17 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_cfg(args):
     """Frozen cfg as ``tools/train_net.py``'s ``setup`` builds it (minus ``default_setup``)."""
-    cfg = get_cfg()
-    add_sslseg_config(cfg)
-    add_mmt_psm_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = build_cfg(args.config_file, args.opts)
     if args.weights:
         cfg.MODEL.WEIGHTS = args.weights
     # keep every prediction the drawing threshold asks for
     rh = cfg.MODEL.ROI_HEADS
     rh.SCORE_THRESH_TEST = min(rh.SCORE_THRESH_TEST, args.score_thresh)
-    resolve_device(cfg)
     cfg.freeze()
     set_data_root(cfg.DATASETS.DATA_ROOT)
     return cfg
@@ -170,28 +164,31 @@ def _title(panel_rgb: np.ndarray, text: str) -> np.ndarray:
     return np.concatenate([bar, panel_rgb[:, :, ::-1]], axis=0)
 
 
-def _row(panels: Sequence[np.ndarray]) -> np.ndarray:
-    """Panels (BGR, titled) side by side, top-aligned, GAP pixels apart."""
-    h = max(p.shape[0] for p in panels)
+def _concat(arrays: Sequence[np.ndarray], axis: int) -> np.ndarray:
+    """BGR images joined along ``axis`` (1: side by side, top-aligned; 0: stacked, left-aligned),
+    GAP grey pixels apart, each padded with grey to the largest size across ``axis``."""
+    other = 1 - axis
+    size = max(a.shape[other] for a in arrays)
     parts = []
-    for i, p in enumerate(panels):
+    for i, a in enumerate(arrays):
         if i:
-            parts.append(np.full((h, GAP, 3), BG_GREY, np.uint8))
-        pad = np.full((h - p.shape[0], p.shape[1], 3), BG_GREY, np.uint8)
-        parts.append(np.concatenate([p, pad], axis=0))
-    return np.concatenate(parts, axis=1)
+            gap = [GAP, GAP]
+            gap[other] = size
+            parts.append(np.full((*gap, 3), BG_GREY, np.uint8))
+        pad = list(a.shape[:2])
+        pad[other] = size - a.shape[other]
+        parts.append(np.concatenate([a, np.full((*pad, 3), BG_GREY, np.uint8)], axis=other))
+    return np.concatenate(parts, axis=axis)
+
+
+def _row(panels: Sequence[np.ndarray]) -> np.ndarray:
+    """Panels (BGR, titled) side by side, top-aligned."""
+    return _concat(panels, axis=1)
 
 
 def _stack(rows: Sequence[np.ndarray]) -> np.ndarray:
     """Rows stacked vertically, left-aligned, padded to the widest."""
-    w = max(r.shape[1] for r in rows)
-    parts = []
-    for i, r in enumerate(rows):
-        if i:
-            parts.append(np.full((GAP, w, 3), BG_GREY, np.uint8))
-        pad = np.full((r.shape[0], w - r.shape[1], 3), BG_GREY, np.uint8)
-        parts.append(np.concatenate([r, pad], axis=1))
-    return np.concatenate(parts, axis=0)
+    return _concat(rows, axis=0)
 
 
 def write_png(path: Path, image_bgr: np.ndarray) -> Path:
