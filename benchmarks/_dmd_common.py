@@ -10,9 +10,7 @@ alternating A/B rounds in one process so machine noise hits both; per-iteration 
 ignite's ITERATION_STARTED/COMPLETED events. The floor of the ratio is 2.0 (two networks).
 """
 import json
-import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from ignite.engine import Events
 
 from monai_bundles.common.command import bundle_run_command
+from sslseg.proc import run_logged
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "monai_bundles" / "dmd" / "configs"
@@ -28,18 +27,8 @@ CONFIGS = REPO / "monai_bundles" / "dmd" / "configs"
 def bundle_run(configs, overrides: dict, log: Path) -> float:
     """``python -m monai.bundle run`` with ``configs`` (names in the dmd configs folder) and
     ``--key value`` overrides; output to ``log``; returns the wall time; raises on failure."""
-    cmd = bundle_run_command([CONFIGS / c for c in configs], overrides)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[bench] $ {' '.join(cmd)}  (log {log})", flush=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    dt = time.perf_counter() - t0
-    if rc != 0:
-        tail = "".join(open(log).readlines()[-40:])
-        raise RuntimeError(f"bundle run failed (exit {rc}); end of {log}:\n{tail}")
-    return dt
+    return run_logged(bundle_run_command([CONFIGS / c for c in configs], overrides), log,
+                      cwd=REPO, tag="bench")
 
 
 def read_metrics(output_dir: Path, keys=("dice_mean", "jaccard_mean", "hd95_mean", "asd_mean")):

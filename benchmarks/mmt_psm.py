@@ -25,9 +25,7 @@ teacher classifies, ``PROPOSALS_PER_IMAGE``)] / supervised step. Target: ours wi
 floor.
 """
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 
 from sslseg.bench import speed_entry
 from sslseg.paths import data_root, work_dir
+from sslseg.proc import run_logged
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "mmt_psm"
@@ -88,15 +87,7 @@ def _overrides(args):
 def _train(config: Path, out: Path, opts, log: Path, extra_args=()) -> float:
     cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(config),
            *extra_args, *opts, "OUTPUT_DIR", str(out)]
-    print(f"[bench] $ {' '.join(cmd)}  (log {log})", flush=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if rc != 0:
-        tail = "".join(open(log).readlines()[-40:])
-        raise RuntimeError(f"train_net failed (exit {rc}); end of {log}:\n{tail}")
-    return time.perf_counter() - t0
+    return run_logged(cmd, log, cwd=REPO, tag="bench")
 
 
 def _metrics(path: Path):

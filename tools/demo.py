@@ -9,28 +9,21 @@ the work directory; nothing real is needed. A few minutes on 2 CPU cores.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from sslseg.proc import CommandFailed, run_logged
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
 def _run(cmd, log: Path) -> float:
-    """Run ``cmd`` from the repo root, output to ``log``; return seconds; fail loudly."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[demo] $ {' '.join(map(str, cmd))}\n[demo]   (log: {log})", flush=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.call([str(c) for c in cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    dt = time.perf_counter() - t0
-    if rc != 0:
-        tail = "".join(open(log).readlines()[-30:])
-        sys.exit(f"[demo] command failed (exit {rc}) after {dt:.0f} s; end of {log}:\n{tail}")
-    return dt
+    """Run ``cmd`` from the repo root, output to ``log``; return seconds; exit on failure."""
+    try:
+        return run_logged(cmd, log, cwd=REPO, tag="demo", tail_lines=30)
+    except CommandFailed as e:
+        sys.exit(str(e))
 
 
 def _train_net(cfg: str, odir: Path, opts, log: Path):
