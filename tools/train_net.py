@@ -12,6 +12,7 @@ The final evaluation is written to ``OUTPUT_DIR/final_metrics.json`` (and, durin
 detectron2's ``OUTPUT_DIR/metrics.json`` event log).
 """
 
+import torch.distributed as dist
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -50,11 +51,21 @@ def main(args):
     return trainer.train()
 
 
+def main_and_teardown(args):
+    """``main``, then (with several processes) a barrier and ``destroy_process_group``, so that no
+    rank exits while gloo/NCCL still holds work (detectron2's ``launch`` leaves the group alive)."""
+    res = main(args)
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+    return res
+
+
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
-        main,
+        main_and_teardown,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,

@@ -7,8 +7,8 @@ from .register import (
     register_unlabeled_images,
 )
 from .kview_mapper import KViewMapper
+from .resumable import ResumableTrainingSampler, build_resumable_train_loader
 from .two_stream import (
-    ResumableTrainingSampler,
     TwoStreamLoader,
     build_two_stream_train_loader,
     split_batch_size,
@@ -22,6 +22,7 @@ __all__ = [
     "register_coco_instances_with_points",
     "register_unlabeled_images",
     "ResumableTrainingSampler",
+    "build_resumable_train_loader",
     "TwoStreamLoader",
     "build_two_stream_train_loader",
     "split_batch_size",

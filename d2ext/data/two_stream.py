@@ -5,14 +5,13 @@ dataset, its own ``TrainingSampler`` and seed, aspect-ratio grouping and batchin
 zipped so every step yields ``(labeled_batch, unlabeled_batch)``.
 """
 
-import itertools
 import logging
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.data.build import _train_loader_from_config
-from detectron2.data.samplers import TrainingSampler
+
+from .resumable import resumable_loader_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -67,31 +66,6 @@ class TwoStreamLoader:
             yield batch, other
 
 
-class ResumableTrainingSampler(TrainingSampler):
-    """``TrainingSampler`` that can start ``skip`` indices into its (per-process) stream.
-
-    Detectron2 restarts the sampler from its seed on ``--resume``; setting ``skip`` to the number
-    of images this process already drew, before the loader is first iterated, continues the same
-    sequence instead.
-    """
-
-    def __init__(self, size: int, shuffle: bool = True, seed: Optional[int] = None):
-        super().__init__(size, shuffle=shuffle, seed=seed)
-        self.skip = 0
-
-    def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
-
-
-def _stream_seed(seed: int, offset: int) -> Optional[int]:
-    # cfg.SEED < 0: TrainingSampler draws its own shared random seed (each call a new one).
-    return seed + offset if seed >= 0 else None
-
-
-def _stream_sampler(num_images: int, seed: int, offset: int) -> ResumableTrainingSampler:
-    return ResumableTrainingSampler(num_images, seed=_stream_seed(seed, offset))
-
-
 def _two_stream_loader_from_config(cfg, mapper=None, unlabeled_mapper=None):
     assert len(cfg.DATASETS.TRAIN_UNLABELED), (
         "build_two_stream_train_loader: cfg.DATASETS.TRAIN_UNLABELED is empty; name at least one "
@@ -104,23 +78,16 @@ def _two_stream_loader_from_config(cfg, mapper=None, unlabeled_mapper=None):
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
     unlabeled_dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN_UNLABELED, filter_empty=False)
-    offsets = (0, cfg.DATALOADER.UNLABELED_SEED_OFFSET)
-    labeled = _train_loader_from_config(
-        cfg,
-        mapper,
-        dataset=labeled_dicts,
-        sampler=_stream_sampler(len(labeled_dicts), cfg.SEED, offsets[0]),
-    )
-    unlabeled = _train_loader_from_config(
+    # own samplers (continued on resume) and own generators for the DataLoaders' base seeds:
+    # creating an iterator (e.g. the unlabeled one, first used after a burn-in) then does not
+    # consume the global torch RNG
+    labeled = resumable_loader_kwargs(cfg, mapper, labeled_dicts)
+    unlabeled = resumable_loader_kwargs(
         cfg,
         unlabeled_mapper if unlabeled_mapper is not None else DatasetMapper(cfg, True),
-        dataset=unlabeled_dicts,
-        sampler=_stream_sampler(len(unlabeled_dicts), cfg.SEED, offsets[1]),
+        unlabeled_dicts,
+        seed_offset=cfg.DATALOADER.UNLABELED_SEED_OFFSET,
     )
-    # own generators for the DataLoaders' base seeds: creating an iterator (e.g. the unlabeled
-    # one, first used after a burn-in) then does not consume the global torch RNG
-    for stream, offset in zip((labeled, unlabeled), offsets):
-        stream["seed"] = _stream_seed(cfg.SEED, offset)
     logger.info(
         f"Two-stream loader: {labeled_bs} labeled ({len(labeled_dicts)} images) + "
         f"{unlabeled_bs} unlabeled ({len(unlabeled_dicts)} images) per step"

@@ -6,7 +6,9 @@
 - hooks: :class:`UnsupWeightHook` (lambda(t), before the step) and :class:`EMATeacherHook`
   (teacher update, after the step, before checkpointing and evaluation);
 - evaluation: the teacher by default (``MODEL.MMT_PSM.EVAL_MODEL``); results go to
-  ``inference/<dataset>_<teacher|student>/`` and final_metrics.json says which network.
+  ``inference/<dataset>_<teacher|student>/`` and final_metrics.json says which network;
+- exact resume as in :class:`Trainer`: on ``--resume`` the labeled sampler continues after one
+  batch per step and the unlabeled one after one batch per step with lambda(t) > 0.
 """
 
 import logging
@@ -14,13 +16,11 @@ import os
 
 from detectron2.data import DatasetMapper
 from detectron2.engine import hooks as d2_hooks
-from detectron2.utils import comm
 
 from d2ext.data.kview_mapper import KViewMapper
 from d2ext.data.two_stream import build_two_stream_train_loader, split_batch_size
 
 from .ema import EMATeacherHook, unwrap_model
-from .rng_hook import RNGStateHook
 from .schedules import UnsupWeightHook, unsup_weight
 from .trainer import Trainer
 
@@ -58,34 +58,16 @@ class MMTPSMTrainer(Trainer):
         )
         hooks.insert(at, ema)
         hooks.insert(0, UnsupWeightHook(self.cfg))
-        hooks.append(RNGStateHook())
         return hooks
 
-    def resume_or_load(self, resume=True):
-        """As DefaultTrainer's, then continue both samplers where the checkpoint left them.
-
-        The labeled stream gave one batch per step; the unlabeled stream one per step with
-        lambda(t) > 0. With ``RNGStateHook`` (global RNGs) and ``DATALOADER.NUM_WORKERS 0`` a
-        resumed run repeats the uninterrupted one exactly; with workers, their augmentation
-        random streams restart on resume.
-        """
-        super().resume_or_load(resume=resume)
+    def drawn_batches(self, iterations: int) -> list:
+        """The labeled stream gave one batch per step, the unlabeled stream one per step with
+        lambda(t) > 0 (with workers, their augmentation random streams restart on resume)."""
         hook = next(h for h in self._hooks if isinstance(h, UnsupWeightHook))
-        steps_unlabeled = sum(
-            unsup_weight(t, **hook.kwargs) > 0 for t in range(self.start_iter)
-        )
-        world = comm.get_world_size()
-        for sampler, steps, batch in zip(
-            self.data_loader.samplers,
-            (self.start_iter, steps_unlabeled),
-            split_batch_size(self.cfg.SOLVER.IMS_PER_BATCH, self.cfg.DATALOADER.UNLABELED_RATIO),
-        ):
-            sampler.skip = steps * (batch // world)
-        if self.start_iter:
-            logger.info(
-                f"[MMTPSMTrainer] resumed at iteration {self.start_iter}: samplers continue after "
-                f"{self.start_iter} labeled and {steps_unlabeled} unlabeled batches"
-            )
+        unlabeled_steps = sum(unsup_weight(t, **hook.kwargs) > 0 for t in range(iterations))
+        cfg = self.cfg
+        batches = split_batch_size(cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.UNLABELED_RATIO)
+        return list(zip((iterations, unlabeled_steps), batches))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -4,6 +4,10 @@ Differences from ``DefaultTrainer`` (everything else, hooks, writers, resume, is
 - ``build_evaluator`` -> :func:`d2ext.evaluation.build_cell_evaluators` (COCO AP with enough
   detections per image for dense cells + cell-level metrics).
 - checkpoints via :class:`AtomicDetectionCheckpointer`.
+- exact resume: the train loader's :class:`d2ext.data.ResumableTrainingSampler` continues after
+  the batches the checkpoint's iteration already drew, and :class:`RNGStateHook` restores the
+  global python/numpy/torch RNGs (detectron2 alone restarts the sampler and re-seeds), so with
+  ``DATALOADER.NUM_WORKERS 0`` a resumed run repeats the uninterrupted one exactly.
 - multi-process training on CPU (``launch`` picks gloo there) wraps the model in DDP without
   ``device_ids``, which torch rejects for CPU modules.
 - after training, the last evaluation is written to ``OUTPUT_DIR/final_metrics.json``.
@@ -18,10 +22,12 @@ import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 
+from d2ext.data.resumable import build_resumable_train_loader
 from d2ext.evaluation import build_cell_evaluators
 from sslseg.io import write_json_atomic
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .rng_hook import RNGStateHook
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +89,31 @@ class Trainer(DefaultTrainer):
             save_to_disk=old.save_to_disk,
             trainer=weakref.proxy(self),
         )
-        return super().build_hooks()
+        return super().build_hooks() + [RNGStateHook()]
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's loader over ``DATASETS.TRAIN``, with a sampler that continues on resume."""
+        return build_resumable_train_loader(cfg)
+
+    def resume_or_load(self, resume=True):
+        """As DefaultTrainer's, then continue each train sampler after the images it already
+        gave: ``steps * (batch // processes)`` for each stream's ``(steps, batch)`` in
+        :meth:`drawn_batches`."""
+        super().resume_or_load(resume=resume)
+        world = comm.get_world_size()
+        drawn = self.drawn_batches(self.start_iter)
+        for sampler, (steps, batch) in zip(self.data_loader.samplers, drawn, strict=True):
+            sampler.skip = steps * (batch // world)
+        if self.start_iter:
+            logger.info(
+                f"[{type(self).__name__}] resumed at iteration {self.start_iter}: the samplers "
+                f"continue after {[steps for steps, _ in drawn]} batches"
+            )
+
+    def drawn_batches(self, iterations: int) -> list:
+        """``[(steps, total batch size)]`` per train stream after ``iterations`` steps."""
+        return [(iterations, self.cfg.SOLVER.IMS_PER_BATCH)]
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
