@@ -17,6 +17,12 @@ CPU budget (default): R-18 FPN with 128 channels and slim heads, images resized 
 from scratch, the teacher needs that long before its predictions carry any foreground.
 ``--paper``: R-50, 512 px, 2 + 2 per step, 8000 iterations, the paper's schedule (a GPU).
 
+Seeds: ``--seeds 0 1 2`` trains both models once per seed (the seed changes initialisation,
+image order and augmentation; the labeled subset is fixed); ``metrics``/``baseline_metrics`` are
+then the means over seeds and ``budget.per_seed`` / ``budget.seed_std`` hold each run and the
+standard deviations. The default is seed 0 only (about 17 minutes on 2 cores; each further seed
+about 16 more): at this budget one seed does not separate the two models (see the README).
+
 Speed ``step_vs_floor``: one process, alternating rounds on the same batch, models loaded from
 the trained MMT-PSM checkpoint. ours = MMT-PSM step / supervised step (1 labeled image); the
 reference (floor) = [supervised step on the labeled + L student views + V_t teacher forwards
@@ -38,7 +44,6 @@ from sslseg.proc import run_logged
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "mmt_psm"
-SEED = 0
 PAPER_ITERS = 8000
 
 # CPU-budget model: as configs/mmt_psm/synthetic_cells_demo.yaml.
@@ -57,6 +62,8 @@ def add_arguments(parser):
     parser.add_argument("--labeled-per-step", type=int, default=1)
     parser.add_argument("--timing-rounds", type=int, default=3)
     parser.add_argument("--paper", action="store_true", help="R-50, 512 px, 2+2, 8000 iterations")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="train both models once per seed; metrics are the means")
 
 
 def _schedule(iters: int, burn_in_frac: float):
@@ -75,12 +82,13 @@ def _schedule(iters: int, burn_in_frac: float):
 
 
 def _overrides(args):
+    """Config overrides shared by both models and all seeds (``SEED`` is added per run)."""
     if args.paper:
-        return ["SEED", str(SEED)]
+        return []
     size = str(args.size)
     return SMALL_MODEL + _schedule(args.iterations, args.burn_in_frac) + [
         "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", size,
-        "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size, "SEED", str(SEED),
+        "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size,
     ]
 
 
@@ -107,7 +115,8 @@ def _metrics(path: Path):
     return out, res.get("evaluated_model", "model")
 
 
-def step_times(cfg, weights: Path, labeled_per_step: int, rounds: int, steps: int = 2):
+def step_times(cfg, weights: Path, labeled_per_step: int, rounds: int, steps: int = 2,
+               seed: int = 0):
     """Median step seconds: (MMT-PSM, supervised, floor), alternating rounds, same batch."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetCatalog, DatasetMapper
@@ -118,7 +127,7 @@ def step_times(cfg, weights: Path, labeled_per_step: int, rounds: int, steps: in
     from d2ext.data import KViewMapper
     from d2ext.engine import EMATeacherHook
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = build_model(cfg)
     DetectionCheckpointer(model).load(str(weights))
     model.train()
@@ -174,18 +183,12 @@ def step_times(cfg, weights: Path, labeled_per_step: int, rounds: int, steps: in
     return statistics.median(t_ours), statistics.median(t_sup), statistics.median(t_floor)
 
 
-def run(args):
-    if args.paper:
-        args.iterations, args.size, args.labeled_per_step = PAPER_ITERS, 512, 2
-    root = data_root(must_exist=True)
-    if not (root / "isbi2014_cervical").is_dir():
-        raise FileNotFoundError(f"{root / 'isbi2014_cervical'} not found (ISBI 2014 data)")
-    out = work_dir("bench/mmt_psm")
-    opts = _overrides(args)
+def _train_seed(out: Path, opts, labeled_per_step: int, seed: int) -> dict:
+    """Supervised and MMT-PSM runs for one seed, plus the MMT-PSM student's evaluation."""
+    opts = opts + ["SEED", str(seed)]
     batch = ["SOLVER.IMS_PER_BATCH"]
-    mmt_opts = opts + batch + [str(2 * args.labeled_per_step)]
-    sup_opts = opts + batch + [str(args.labeled_per_step)]
-
+    mmt_opts = opts + batch + [str(2 * labeled_per_step)]
+    sup_opts = opts + batch + [str(labeled_per_step)]
     t_sup = _train(CONFIGS / "supervised_isbi2014_20pct.yaml", out / "supervised", sup_opts,
                    out / "supervised.log")
     t_mmt = _train(CONFIGS / "isbi2014_20pct.yaml", out / "mmt_psm", mmt_opts,
@@ -201,16 +204,52 @@ def run(args):
     )
     student, evaluated = _metrics(out / "mmt_psm_student" / "final_metrics.json")
     assert evaluated == "student", f"expected the student to be evaluated, got {evaluated}"
+    return {
+        "mmt_psm": ours, "supervised": baseline, "mmt_psm_student": student,
+        "train_seconds": {"supervised": t_sup, "mmt_psm": t_mmt},
+        "student_eval_seconds": t_eval_student, "weights": weights, "mmt_opts": mmt_opts,
+    }
+
+
+def _mean_std(runs, key):
+    """Per-metric mean and (population) standard deviation of ``runs[i][key]`` over seeds."""
+    names = runs[0][key]
+    mean = {k: statistics.fmean(r[key][k] for r in runs) for k in names}
+    std = {k: statistics.pstdev(r[key][k] for r in runs) for k in names}
+    return mean, std
+
+
+def run(args):
+    if args.paper:
+        args.iterations, args.size, args.labeled_per_step = PAPER_ITERS, 512, 2
+    root = data_root(must_exist=True)
+    if not (root / "isbi2014_cervical").is_dir():
+        raise FileNotFoundError(f"{root / 'isbi2014_cervical'} not found (ISBI 2014 data)")
+    out = work_dir("bench/mmt_psm")
+    opts = _overrides(args)
+    seeds = list(dict.fromkeys(args.seeds))
+    # seed 0 keeps the folder layout of a one-seed run; other seeds go to seed<k>/
+    runs = [_train_seed(out if i == 0 else out / f"seed{seed}", opts, args.labeled_per_step,
+                        seed) for i, seed in enumerate(seeds)]
+    ours, ours_std = _mean_std(runs, "mmt_psm")
+    baseline, baseline_std = _mean_std(runs, "supervised")
+    student, _ = _mean_std(runs, "mmt_psm_student")
 
     from d2ext.config import build_cfg
-
-    cfg = build_cfg(CONFIGS / "isbi2014_20pct.yaml", mmt_opts + ["MODEL.DEVICE", "cpu"])
     from d2ext.data import set_data_root
 
+    first = runs[0]
+    cfg = build_cfg(CONFIGS / "isbi2014_20pct.yaml", first["mmt_opts"] + ["MODEL.DEVICE", "cpu"])
     set_data_root(str(root))
-    s_ours, s_sup, s_floor = step_times(cfg, weights, args.labeled_per_step, args.timing_rounds)
+    s_ours, s_sup, s_floor = step_times(cfg, first["weights"], args.labeled_per_step,
+                                        args.timing_rounds, seed=seeds[0])
     views_t = cfg.MODEL.MMT_PSM.NUM_TEACHER_VIEWS * (2 if cfg.MODEL.MMT_PSM.TEACHER_VIEW_FLIP
                                                      else 1)
+    per_seed = {
+        str(seed): {k: r[k] for k in ("mmt_psm", "supervised", "mmt_psm_student",
+                                      "train_seconds", "student_eval_seconds")}
+        for seed, r in zip(seeds, runs)
+    }
     return {
         "method": "MMT-PSM (plain Mask R-CNN, not IR-Net)",
         "dataset": "isbi2014_cervical",
@@ -225,13 +264,15 @@ def run(args):
             "unlabeled_per_step": args.labeled_per_step,
             "teacher_views": views_t,
             "backbone": "R-50 FPN" if args.paper else "R-18 FPN-128, slim heads",
-            "seed": SEED,
+            "seeds": seeds,
             "overrides": opts,
-            "train_seconds": {"supervised": t_sup, "mmt_psm": t_mmt},
-            "student_eval_seconds": t_eval_student,
             "mmt_psm_student_metrics": student,
-            "evaluated": "final checkpoints; MMT-PSM: teacher (student in mmt_psm_student_metrics)",
-            "step_seconds": {"mmt_psm": s_ours, "supervised": s_sup, "floor": s_floor},
+            "evaluated": ("final checkpoints; MMT-PSM: teacher (student in "
+                          "mmt_psm_student_metrics); metrics = mean over seeds"),
+            "per_seed": per_seed,
+            "seed_std": {"mmt_psm": ours_std, "supervised": baseline_std},
+            "step_seconds": {"mmt_psm": s_ours, "supervised": s_sup, "floor": s_floor,
+                             "measured_on_seed": seeds[0]},
         },
         "metrics": ours,
         "baseline_metrics": baseline,
