@@ -11,6 +11,7 @@ import torch
 import d2ext  # noqa: F401  (registers the built-in datasets)
 from d2ext.config import add_sslseg_config, resolve_device
 from d2ext.data import (
+    build_resumable_train_loader,
     build_two_stream_train_loader,
     register_coco_instances_with_points,
     register_unlabeled_images,
@@ -159,6 +160,21 @@ def test_resumable_sampler_continues_the_sequence(cells):
     again = list(itertools.islice(iter(resumed), 2))
     assert _ids(b for b, _ in again) == _ids(b for b, _ in pairs[3:])
     assert _ids(u for _, u in again) == _ids(u for _, u in pairs[3:])
+
+
+def test_resumable_train_loader_continues_and_refuses_other_samplers(cells):
+    """The supervised trainers' loader: skip continues it; both loaders name a sampler they
+    cannot continue."""
+    cfg = _loader_cfg(cells, 2, 1.0)
+    full = list(itertools.islice(iter(build_resumable_train_loader(cfg)), 4))
+    resumed = build_resumable_train_loader(cfg)
+    (sampler,) = resumed.samplers
+    sampler.skip = 2 * 2  # 2 steps of 2 images
+    assert _ids(itertools.islice(iter(resumed), 2)) == _ids(full[2:])
+    cfg.DATALOADER.SAMPLER_TRAIN = "RepeatFactorTrainingSampler"
+    for build in (build_resumable_train_loader, build_two_stream_train_loader):
+        with pytest.raises(AssertionError, match="SAMPLER_TRAIN is 'RepeatFactorTrainingSampler'"):
+            build(cfg)
 
 
 @pytest.mark.parametrize(

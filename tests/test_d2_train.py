@@ -125,6 +125,15 @@ def test_resume_is_exact(trained, tmp_path):
     )
 
 
+def test_other_samplers_use_detectron2s_loader(tmp_path):
+    """SAMPLER_TRAIN other than TrainingSampler: detectron2's loader (resume restarts it)."""
+    trainer = Trainer(_cfg(tmp_path, "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
+                           "DATALOADER.REPEAT_THRESHOLD", "0.1"))
+    assert not hasattr(trainer.data_loader, "samplers")
+    trainer.resume_or_load(resume=True)  # nothing to resume from: starts at 0
+    assert trainer.start_iter == 0
+
+
 def test_resume_continues_from_saved_iteration(trained):
     out, _, _ = trained
     trainer = Trainer(_cfg(out, "SOLVER.MAX_ITER", "4"))

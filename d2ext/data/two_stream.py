@@ -71,6 +71,10 @@ def _two_stream_loader_from_config(cfg, mapper=None, unlabeled_mapper=None):
         "build_two_stream_train_loader: cfg.DATASETS.TRAIN_UNLABELED is empty; name at least one "
         "unlabeled dataset (e.g. synthetic_cells_unlabeled)"
     )
+    assert cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler", (
+        f"build_two_stream_train_loader: DATALOADER.SAMPLER_TRAIN is "
+        f"{cfg.DATALOADER.SAMPLER_TRAIN!r}; both streams use a (resumable) TrainingSampler"
+    )
     labeled_bs, unlabeled_bs = split_batch_size(
         cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.UNLABELED_RATIO
     )

@@ -93,7 +93,15 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's loader over ``DATASETS.TRAIN``, with a sampler that continues on resume."""
+        """Detectron2's loader over ``DATASETS.TRAIN``, with a sampler that continues on resume
+        (``DATALOADER.SAMPLER_TRAIN: TrainingSampler``; other samplers: detectron2's loader, whose
+        sampler restarts on resume)."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logger.warning(
+                f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN}: detectron2's loader; "
+                "on --resume this sampler restarts from its first index (not an exact resume)"
+            )
+            return super().build_train_loader(cfg)
         return build_resumable_train_loader(cfg)
 
     def resume_or_load(self, resume=True):
@@ -101,6 +109,8 @@ class Trainer(DefaultTrainer):
         gave: ``steps * (batch // processes)`` for each stream's ``(steps, batch)`` in
         :meth:`drawn_batches`."""
         super().resume_or_load(resume=resume)
+        if getattr(self.data_loader, "samplers", None) is None:  # not a resumable loader
+            return
         world = comm.get_world_size()
         drawn = self.drawn_batches(self.start_iter)
         for sampler, (steps, batch) in zip(self.data_loader.samplers, drawn, strict=True):
