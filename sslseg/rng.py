@@ -1,11 +1,11 @@
 """``RNGState``: the process's random generators as a checkpointable object.
 
 Shared by both frameworks: MONAI bundles put it in a ``CheckpointSaver``/``CheckpointLoader``
-``save_dict``/``load_dict`` under the key
-``"rng"`` so a resumed run continues the python ``random``, numpy and torch (CPU and, when
-present, CUDA) random streams where the checkpoint left them. All entries are tensors, ints,
-floats and strings, so MONAI's ``CheckpointLoader`` (``torch.load(..., weights_only=True)``)
-accepts them.
+``save_dict``/``load_dict`` under the key ``"rng"``, Detectron2 trainers in a hook
+(``d2ext.engine.RNGStateHook``), so a resumed run continues the python ``random``, numpy and
+torch (CPU and, when present, CUDA) random streams where the checkpoint left them. All entries
+are tensors, ints, floats and strings, so MONAI's ``CheckpointLoader``
+(``torch.load(..., weights_only=True)``) accepts them.
 """
 from __future__ import annotations
 

@@ -15,9 +15,8 @@ import pytest
 import torch
 
 import d2ext  # noqa: F401  (registers the built-in datasets)
-from d2ext.config import add_sslseg_config, resolve_device
+from d2ext.config import build_cfg
 from d2ext.engine import Trainer
-from detectron2.config import get_cfg
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "supervised" / "synthetic_cells_demo.yaml"
@@ -38,11 +37,7 @@ TINY = [
 
 
 def _cfg(output_dir, *extra):
-    cfg = get_cfg()
-    add_sslseg_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list(TINY + ["OUTPUT_DIR", str(output_dir), *extra])
-    resolve_device(cfg)
+    cfg = build_cfg(CONFIG, TINY + ["OUTPUT_DIR", str(output_dir), *extra])
     cfg.freeze()
     return cfg
 

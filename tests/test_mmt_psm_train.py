@@ -38,12 +38,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
 from detectron2.engine import default_argument_parser
 
 import d2ext  # noqa: F401  (registers datasets and MMTPSMRCNN)
-from d2ext.config import add_mmt_psm_config, add_sslseg_config
+from d2ext.config import build_cfg
 from d2ext.data import split_batch_size
 from d2ext.data.kview_mapper import KViewMapper
 from d2ext.engine import MMTPSMTrainer, Trainer, ema_alpha, trainer_class, unsup_weight
@@ -404,11 +403,7 @@ def test_two_process_cpu_training(tmp_path):
 
 # ------------------------------------------------------------------------------- configs
 def _file_cfg(path):
-    cfg = get_cfg()
-    add_sslseg_config(cfg)
-    add_mmt_psm_config(cfg)
-    cfg.merge_from_file(str(path))
-    return cfg
+    return build_cfg(path)
 
 
 def _flat(node, prefix=""):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import d2ext  # noqa: F401  (registers the datasets and the meta-architecture)
-from d2ext.config import add_mmt_psm_config, add_sslseg_config
+from d2ext.config import build_cfg
 from d2ext.data.kview_mapper import KViewMapper
 from d2ext.engine.ema import EMATeacherHook, ema_alpha, ema_update_
 from d2ext.engine.schedules import UnsupWeightHook, unsup_weight
@@ -32,7 +32,6 @@ from d2ext.modeling.mmt_psm.losses import (
     sharpen,
     view_sensitivity,
 )
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
@@ -56,11 +55,7 @@ TINY = [
 
 
 def _cfg(*extra):
-    cfg = get_cfg()
-    add_sslseg_config(cfg)
-    add_mmt_psm_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list(TINY + list(extra))
+    cfg = build_cfg(CONFIG, TINY + list(extra))
     cfg.freeze()
     return cfg
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import d2ext  # noqa: F401  (registers the built-in datasets and MMTPSMRCNN)
-from d2ext.config import add_mmt_psm_config, add_sslseg_config, resolve_device
+from d2ext.config import build_cfg
 from d2ext.engine import AtomicDetectionCheckpointer
 from d2ext.modeling.mmt_psm.meta_arch import PseudoLabels
 
@@ -49,12 +48,7 @@ tool = _load_tool()
 
 
 def _cfg(output_dir):
-    cfg = get_cfg()
-    add_sslseg_config(cfg)
-    add_mmt_psm_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.merge_from_list(TINY + ["OUTPUT_DIR", str(output_dir)])
-    resolve_device(cfg)
+    cfg = build_cfg(CONFIG, TINY + ["OUTPUT_DIR", str(output_dir)])
     cfg.freeze()
     return cfg
 

@@ -30,7 +30,6 @@ except the PNGs, which go under it only by default).
 import argparse
 import logging
 import os
-import random
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -44,6 +43,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.layers import paste_masks_in_image
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.structures import Instances
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
@@ -152,7 +152,8 @@ def _vis_image(vis_output, shape: Tuple[int, int]) -> np.ndarray:
 
 
 def _title(panel_rgb: np.ndarray, text: str) -> np.ndarray:
-    """Panel (BGR) with a title bar of ``text`` above it (font shrunk / text cut to fit)."""
+    """RGB panel -> BGR panel with a title bar of ``text`` above it (font shrunk / text cut to
+    fit)."""
     h, w = panel_rgb.shape[:2]
     bar = np.full((TITLE_H, w, 3), 0, np.uint8)
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
@@ -379,9 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     elif not dataset:
         logger.warning("no labeled dataset (DATASETS.TEST empty or --dataset none): skipped")
     if unlabeled and args.num_images:
-        random.seed(args.seed)
-        np.random.seed(args.seed)
-        torch.manual_seed(args.seed)
+        seed_all_rng(args.seed)
         mapper = KViewMapper(cfg)
         for k, d in enumerate(DatasetCatalog.get(unlabeled)[: args.num_images]):
             fig = render_pseudo_labels(cfg, model, mapper(d), metadata, note)

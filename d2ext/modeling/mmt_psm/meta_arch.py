@@ -112,7 +112,7 @@ class MMTPSMRCNN(GeneralizedRCNN):
         mining_stat: str = "var",
         bg_per_fg: float = 1.0,
         bg_weight: float = 1.5,
-        mgd_score_thresh: float = 0.5,
+        mgd_score_thresh: float = 0.1,
         mgd_weight: float = 5.0,
         mgd_normalize: str = "elements",
         use_psm: bool = True,
