@@ -6,6 +6,7 @@ setup(
     name="sslseg",
     version="0.1.0",
     description="Label-efficient medical image segmentation methods for Detectron2 and MONAI",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["d2ext", "d2ext.*", "monai_bundles", "monai_bundles.*",
                                     "sslseg", "sslseg.*"]),

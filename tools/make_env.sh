@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 STAMP="$VENV/.sslseg-env-stamp"
-HASH=$(cat requirements.txt constraints.txt setup.py | sha256sum | cut -c1-16)
+HASH=$(cat requirements.txt constraints.txt setup.py pyproject.toml | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && "$VENV/bin/python" -c "import d2ext, monai_bundles, sslseg" 2>/dev/null; then
   echo "[env] $VENV is up to date"; exit 0
 fi
