@@ -17,16 +17,26 @@ Schema (every key required)::
     speed: {str: {"ours", "reference", "ratio", "target": float, "unit": str}}
                               ratio = ours / reference; for times the target bounds the ratio
                               from above
+    commit: str               ``git rev-parse HEAD`` of the code that ran, "-dirty" appended when
+                              tracked files had changes ("unknown" outside a git checkout)
+    date: str                 UTC time the result was written, ISO 8601 ("2026-12-03T02:19:26Z")
+
+The harness adds ``commit`` and ``date`` too (:func:`provenance`). Published results are copied to
+``docs/results/`` and rendered into the READMEs by ``tools/results_tables.py``.
 """
+import datetime
 import json
 import math
+import re
 import resource
+import subprocess
 from pathlib import Path
 from typing import Any, Dict
 
 
 REQUIRED = ("name", "method", "dataset", "split", "budget", "metrics", "baseline_metrics",
-            "wall_s", "peak_rss_mb", "speed")
+            "wall_s", "peak_rss_mb", "speed", "commit", "date")
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 SPEED_KEYS = ("ours", "reference", "ratio", "target", "unit")
 
 
@@ -58,9 +68,49 @@ def validate_result(res: Dict[str, Any]) -> None:
             elif s["reference"] and not math.isclose(s["ratio"], s["ours"] / s["reference"],
                                                      rel_tol=1e-6):
                 errors.append(f"speed '{sname}': ratio {s['ratio']} != ours/reference")
+        errors += provenance_errors(res)
     if errors:
         raise ValueError(f"benchmark result '{res.get('name', '?')}' breaks the schema: "
                          + "; ".join(errors))
+
+
+def git_commit(repo: Path) -> str:
+    """``git rev-parse HEAD`` of ``repo``, plus "-dirty" when tracked files differ from it;
+    "unknown" when ``repo`` is not a git checkout or git is missing."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second, e.g. "2026-12-03T02:19:26Z"."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def provenance(repo: Path) -> Dict[str, str]:
+    """``{"commit": ..., "date": ...}`` for a result produced now by the code in ``repo``."""
+    return {"commit": git_commit(repo), "date": utc_now()}
+
+
+def provenance_errors(res: Dict[str, Any]) -> list:
+    """Schema violations of a result's ``commit``/``date`` fields (any result JSON: bench, demo)."""
+    errors = []
+    commit = res.get("commit")
+    if not (isinstance(commit, str) and re.fullmatch(r"([0-9a-f]{40}(-dirty)?|unknown)", commit)):
+        errors.append(f"'commit' must be a 40-hex git commit (optionally '-dirty') or 'unknown', "
+                      f"got {commit!r}")
+    if not (isinstance(res.get("date"), str) and DATE_RE.match(res["date"])):
+        errors.append(f"'date' must be UTC ISO 8601 like 2026-12-03T02:19:26Z, "
+                      f"got {res.get('date')!r}")
+    return errors
 
 
 def peak_rss_mb() -> float:

@@ -102,6 +102,7 @@ def test_required_properties(data, tmp_path, workflow_type, configs, task):
     assert workflow.bundle_root == str(CONFIGS.parent)
 
 
+@pytest.mark.slow
 def test_train_la_writes_two_network_checkpoint(trained_la):
     log = trained_la["log"]
     assert "loss_distill" in log and "val_mean_dice" in log, log[-2000:]
@@ -116,6 +117,7 @@ def test_train_la_writes_two_network_checkpoint(trained_la):
     assert set(_load(trained_la["work"] / "models" / "model.pt")) == {"net1", "net2"}
 
 
+@pytest.mark.slow
 def test_evaluate_writes_case_metrics(data, trained_la):
     out = trained_la["work"] / "evaluate"
     _run([TRAIN, EVALUATE], _overrides(data, trained_la["work"], output_dir=str(out)))
@@ -125,12 +127,14 @@ def test_evaluate_writes_case_metrics(data, trained_la):
     assert (out / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_inference_writes_label_maps(data, trained_la):
     out = trained_la["work"] / "predictions"
     _run([TRAIN, INFER], _overrides(data, trained_la["work"], output_dir=str(out), ensemble=True))
     assert sorted(p.name for p in out.iterdir()) == ["case_005_seg.nii.gz"]
 
 
+@pytest.mark.slow
 def test_train_acdc_then_evaluate(data, tmp_path):
     overrides = _overrides(data, tmp_path, "acdc", distill="kl", detach_target=True)
     assert "loss_distill" in _run([TRAIN, ACDC], overrides)
@@ -142,6 +146,7 @@ def test_train_acdc_then_evaluate(data, tmp_path):
     assert len(doc["cases"]) == 1 and "dice_3" in doc["mean"]  # one 8x64x64 volume, 4 classes
 
 
+@pytest.mark.slow
 def test_supervised_baseline_trains_network1_alone(data, tmp_path):
     log = _run([TRAIN, SUPERVISED], _overrides(data, tmp_path))
     assert "SupervisedTrainer" in log and "loss_distill" not in log
@@ -156,6 +161,7 @@ def test_metadata_verifies_against_local_schema():
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(data, tmp_path):
     """2 epochs straight == 1 epoch, then resume from its checkpoint for the 2nd epoch."""
     common = dict(val_interval=100, lr_step=3)  # lr drops mid-epoch 2: the scheduler state counts
@@ -175,6 +181,7 @@ def test_resume_continues_the_same_run(data, tmp_path):
             torch.testing.assert_close(resumed[net][key], value, msg=f"{net}.{key} differs")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_multi_gpu_train_runs_with_torchrun_gloo(data, tmp_path):
     """2 processes on CPU (gloo), batches per process: 1 labeled + 1 unlabeled; the validation

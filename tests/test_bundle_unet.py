@@ -108,11 +108,13 @@ def test_required_properties(data, workflow_type, configs):
     assert str(workflow.device) in ("cpu", "cuda")
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoint(trained):
     assert "train_loss" in trained["log"] and "val_mean_dice" in trained["log"]
     _assert_unet_checkpoint(trained["ckpt"])
 
 
+@pytest.mark.slow
 def test_evaluate_writes_case_metrics(data, trained):
     out = data["work"] / "evaluate"
     _run([TRAIN, EVALUATE], _overrides(data, output_dir=str(out)))
@@ -129,6 +131,7 @@ def test_evaluate_writes_case_metrics(data, trained):
     assert [r["case"] for r in rows] == [c["case"] for c in doc["cases"]] + ["mean"]
 
 
+@pytest.mark.slow
 def test_inference_writes_one_label_map_per_case(data, trained):
     out = data["work"] / "predictions"
     _run([TRAIN, INFER], _overrides(data, output_dir=str(out)))
@@ -152,6 +155,7 @@ def test_metadata_verifies_against_local_schema(tmp_path):
         verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_multi_gpu_train_runs_with_torchrun_gloo(data, tmp_path):
     """2 processes on CPU (gloo); the validation split gets 2 volumes so each rank has one."""

@@ -138,6 +138,7 @@ def test_resume_continues_from_saved_iteration(trained):
     assert [it for _, it in trainer.storage.history("total_loss").values()] == [3]
 
 
+@pytest.mark.slow
 def test_eval_only_cli(trained, tmp_path):
     out, _, _ = trained
     cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(CONFIG),

@@ -309,6 +309,7 @@ def test_eval_only_teacher_by_default_student_on_request(run_a, tmp_path):
 
 
 # ------------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_resume_restores_state_and_continues_schedules(run_a, tmp_path):
     name = f"model_{CKPT_ITER:07d}.pth"
     ckpt = _load(run_a.out / name)
@@ -373,6 +374,7 @@ def test_resume_restores_state_and_continues_schedules(run_a, tmp_path):
 
 
 # ------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
 def test_two_process_cpu_training(tmp_path):
     schedule = [
         "SOLVER.IMS_PER_BATCH", "4",  # per process: 1 labeled + 1 unlabeled

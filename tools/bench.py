@@ -3,7 +3,9 @@
 
 Each benchmark runs in its own process (so its peak memory is its own), writes
 ``results/<name>.json`` in the schema of ``sslseg.bench`` and a line of ``results/summary.md``.
-Real data is read from the data root (``SSLSEG_DATA`` or ``../shared/data``).
+Real data is read from the data root (``SSLSEG_DATA`` or ``../shared/data``). Each JSON records
+the commit and date of its run; ``tools/results_tables.py --publish`` copies results to
+``docs/results/`` and renders the READMEs' tables from them.
 """
 import argparse
 import importlib.util
@@ -17,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))  # benchmarks share helpers (_dmd_common.py)
 
-from sslseg.bench import peak_rss_mb, validate_result, write_summary  # noqa
+from sslseg.bench import peak_rss_mb, provenance, validate_result, write_summary  # noqa
 from sslseg.io import write_json_atomic  # noqa
 
 
@@ -37,7 +39,8 @@ def run_one(name: str, results: Path, extra: list) -> dict:
     args = parser.parse_args(extra)
     t0 = time.perf_counter()
     res = mod.run(args)
-    res = {"name": name, **res, "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+    res = {"name": name, **res, "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
+           **provenance(REPO)}
     validate_result(res)
     write_json_atomic(res, results / f"{name}.json", indent=2)
     return res
