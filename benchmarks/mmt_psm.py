@@ -124,8 +124,8 @@ def step_times(cfg, weights: Path, labeled_per_step: int, rounds: int, steps: in
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
-    from d2ext.data import KViewMapper
     from d2ext.engine import EMATeacherHook
+    from d2ext.mmt_psm import KViewMapper
 
     torch.manual_seed(seed)
     model = build_model(cfg)

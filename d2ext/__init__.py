@@ -1,10 +1,12 @@
-"""Detectron2 extension: datasets, loaders, trainers and (later) the MMT-PSM / CKS methods.
+"""Detectron2 extension: shared datasets, loaders, trainers, and one package per method.
 
-``import d2ext`` registers the built-in datasets (and, as they are added, meta-architectures).
+``import d2ext`` registers the built-in datasets and every method's meta-architecture and trainer
+(``d2ext.mmt_psm``).
 """
 
 from . import data as _  # registration
-from . import modeling as _m  # noqa: F401  (registration)
-from .config import add_mmt_psm_config, add_sslseg_config, resolve_device
+from . import mmt_psm as _m  # noqa: F401  (registration)
+from .config import add_sslseg_config, build_cfg, default_cfg, resolve_device
+from .mmt_psm import add_mmt_psm_config
 
-__all__ = ["add_mmt_psm_config", "add_sslseg_config", "resolve_device"]
+__all__ = ["add_mmt_psm_config", "add_sslseg_config", "build_cfg", "default_cfg", "resolve_device"]

@@ -44,8 +44,8 @@ from detectron2.engine import default_argument_parser
 import d2ext  # noqa: F401  (registers datasets and MMTPSMRCNN)
 from d2ext.config import build_cfg
 from d2ext.data import split_batch_size
-from d2ext.data.kview_mapper import KViewMapper
-from d2ext.engine import MMTPSMTrainer, Trainer, ema_alpha, trainer_class, unsup_weight
+from d2ext.engine import Trainer, ema_alpha, trainer_class
+from d2ext.mmt_psm import KViewMapper, MMTPSMTrainer, unsup_weight
 from sslseg.paths import data_root
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,11 +19,9 @@ from torch import nn
 
 import d2ext  # noqa: F401  (registers the datasets and the meta-architecture)
 from d2ext.config import build_cfg
-from d2ext.data.kview_mapper import KViewMapper
 from d2ext.engine.ema import EMATeacherHook, ema_alpha, ema_update_
-from d2ext.engine.schedules import UnsupWeightHook, unsup_weight
-from d2ext.modeling.mmt_psm import MMTPSMRCNN, flip_boxes
-from d2ext.modeling.mmt_psm.losses import (
+from d2ext.mmt_psm import MMTPSMRCNN, KViewMapper, UnsupWeightHook, flip_boxes, unsup_weight
+from d2ext.mmt_psm.losses import (
     ensemble_views,
     level_masks,
     mgd_loss,

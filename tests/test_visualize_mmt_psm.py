@@ -1,4 +1,5 @@
-"""tools/visualize_mmt_psm.py on a randomly initialised MMT-PSM model (CPU, synthetic cells).
+"""tools/visualize_mmt_psm.py and its drawing code (d2ext.mmt_psm.visualize) on a randomly
+initialised MMT-PSM model (CPU, synthetic cells).
 
 The config is configs/mmt_psm/synthetic_cells_demo.yaml with tiny overrides; the synthetic data
 is generated into (or reused from) the default work directory, as in test_d2_train.py.
@@ -17,7 +18,8 @@ from detectron2.structures import Boxes, Instances
 import d2ext  # noqa: F401  (registers the built-in datasets and MMTPSMRCNN)
 from d2ext.config import build_cfg
 from d2ext.engine import AtomicDetectionCheckpointer
-from d2ext.modeling.mmt_psm.meta_arch import PseudoLabels
+from d2ext.mmt_psm import PseudoLabels
+from d2ext.mmt_psm import visualize as vis
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "mmt_psm" / "synthetic_cells_demo.yaml"
@@ -87,9 +89,9 @@ def test_writes_prediction_and_pseudo_label_pngs(checkpoints, tmp_path, capsys):
     first = DatasetCatalog.get("synthetic_cells_test")[0]
     img = cv2.imread(str(pred))
     assert img is not None, f"{pred} is not a readable image"
-    w, g = first["width"], tool.GAP
+    w, g = first["width"], vis.GAP
     # ground truth | teacher | student at the original size, plus the title bar
-    assert img.shape == (first["height"] + tool.TITLE_H, 3 * w + 2 * g, 3), img.shape
+    assert img.shape == (first["height"] + vis.TITLE_H, 3 * w + 2 * g, 3), img.shape
 
     assert pseudo.parent == out / "synthetic_cells_unlabeled"
     assert pseudo.name.endswith("_pseudo_labels.png")
@@ -98,14 +100,14 @@ def test_writes_prediction_and_pseudo_label_pngs(checkpoints, tmp_path, capsys):
     # top row: 3 panels; strip: 4 teacher views (2 colours x flip) + 1 student view
     n = max(3, 4 + 1)
     s = TRAIN_SIZE  # synthetic images are square: the views are TRAIN_SIZE x TRAIN_SIZE
-    assert img.shape == (2 * (s + tool.TITLE_H) + g, n * s + (n - 1) * g, 3), img.shape
+    assert img.shape == (2 * (s + vis.TITLE_H) + g, n * s + (n - 1) * g, 3), img.shape
     assert img.std() > 5, "blank figure"
 
 
 def test_warns_when_teacher_not_ready(checkpoints, tmp_path):
     _, not_ready = checkpoints
     model = build_model(_cfg(tmp_path))
-    warnings = tool.load_weights(model, str(not_ready))
+    warnings = vis.load_weights(model, str(not_ready))
     assert len(warnings) == 1 and "teacher_ready is False" in warnings[0], warnings
 
 
@@ -138,12 +140,12 @@ def test_mined_and_mgd_panels_on_hand_made_pseudo_labels():
     )  # fmt: skip
     rgb = torch.full((h, w, 3), 128, dtype=torch.uint8).numpy()
     meta = MetadataCatalog.get("synthetic_cells_test")
-    panel, title = tool._mined_panel(rgb, pl, meta)
+    panel, title = vis._mined_panel(rgb, pl, meta)
     assert panel.shape == (h, w, 3) and title.startswith("mined: 2 fg / 1 bg (red) of 4"), title
     # the background box (10..60, 40..60) is drawn in red, the first class's box in green
     edge_bg, edge_fg = panel[50, 10], panel[15, 2]
     assert edge_bg[0] > edge_bg[1] + 40, edge_bg
     assert edge_fg[1] > edge_fg[0] + 40, edge_fg
-    panel, title = tool._mgd_panel(rgb, pl, meta)
+    panel, title = vis._mgd_panel(rgb, pl, meta)
     assert panel.shape == (h, w, 3) and "15.3%" in title, title
     assert (panel[15, 15].astype(int) - 128).any() and (panel[50, 70] == 128).all()

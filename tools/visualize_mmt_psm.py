@@ -22,7 +22,8 @@ Writes, under ``--output`` (default ``OUTPUT_DIR/visualize_mmt_psm``), one PNG p
   (union of the pseudo masks) on the clean image. Bottom row: every teacher view, then every
   student view, as the networks see them (colour jitter, erasing, flips).
 
-Every panel has a title bar. Files are written atomically; their paths are printed. The config is
+The drawing is :mod:`d2ext.mmt_psm.visualize`; this file is its command line. Every panel has a
+title bar. Files are written atomically; their paths are printed. The config is
 built as in ``tools/train_net.py`` (without ``default_setup``: nothing is written to OUTPUT_DIR
 except the PNGs, which go under it only by default).
 """
@@ -32,37 +33,26 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
-import cv2
-import numpy as np
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.data import detection_utils as utils
-from detectron2.layers import paste_masks_in_image
-from detectron2.modeling import GeneralizedRCNN, build_model
-from detectron2.structures import Instances
+from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import Visualizer
 
 import d2ext  # noqa: F401  (registers datasets and models)
 from d2ext.config import build_cfg
-from d2ext.data import KViewMapper, set_data_root
-from d2ext.modeling.mmt_psm.meta_arch import MMTPSMRCNN, PseudoLabels
-from sslseg.io import atomic_open
+from d2ext.data import set_data_root
+from d2ext.mmt_psm import MMTPSMRCNN, KViewMapper
+from d2ext.mmt_psm.visualize import (
+    load_weights,
+    out_name,
+    render_predictions,
+    render_pseudo_labels,
+    write_png,
+)
 
 logger = logging.getLogger("visualize_mmt_psm")
-
-TITLE_H = 22  # height of the title bar above each panel (pixels)
-GAP = 4  # space between panels
-BG_GREY = (40, 40, 40)  # canvas colour (BGR)
-# Mined proposals: one colour per foreground class (RGB, 0-1), background in red.
-FG_COLORS = [(0.1, 0.9, 0.1), (0.2, 0.55, 1.0), (1.0, 0.85, 0.0), (0.9, 0.3, 0.9), (0.0, 0.9, 0.9)]
-BG_COLOR = (1.0, 0.15, 0.15)
-MGD_COLOR = (1.0, 0.85, 0.0)
-MAX_BOX_LABELS = 40  # mined proposals get text labels only when there are at most this many
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,227 +90,6 @@ def setup_cfg(args):
     cfg.freeze()
     set_data_root(cfg.DATASETS.DATA_ROOT)
     return cfg
-
-
-class _KeyReportingCheckpointer(DetectionCheckpointer):
-    """Remembers the incompatible keys of the last load (fvcore only logs them)."""
-
-    incompatible = None
-
-    def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
-
-
-def load_weights(model: MMTPSMRCNN, weights: str) -> List[str]:
-    """Load ``weights`` into ``model``; return warnings about the teacher (empty when fine)."""
-    checkpointer = _KeyReportingCheckpointer(model)
-    checkpointer.load(weights)
-    warnings = []
-    inc = checkpointer.incompatible
-    missing = list(inc.missing_keys) if inc is not None else []
-    teacher_missing = [k for k in missing if k.startswith("teacher.")]
-    if teacher_missing:
-        warnings.append(
-            f"{weights}: {len(teacher_missing)} teacher parameters missing (e.g. "
-            f"{teacher_missing[0]}): not an MMT-PSM checkpoint? The teacher panels show a "
-            f"randomly initialised network."
-        )
-    if "teacher_ready" in missing:
-        warnings.append(f"{weights}: no 'teacher_ready' flag in the checkpoint")
-    elif not bool(model.teacher_ready):
-        warnings.append(
-            f"{weights}: teacher_ready is False (saved before the EMA teacher was initialised, "
-            f"MODEL.MMT_PSM.EMA_START_ITER): teacher predictions and pseudo-labels come from an "
-            f"uninitialised teacher"
-        )
-    return warnings
-
-
-# ---------------------------------------------------------------- drawing helpers
-def _to_rgb(image_chw: torch.Tensor, fmt: str) -> np.ndarray:
-    """uint8 (C, H, W) tensor in ``fmt`` (e.g. BGR, the model input) -> (H, W, 3) RGB array."""
-    return np.ascontiguousarray(utils.convert_image_to_rgb(image_chw.permute(1, 2, 0).cpu(), fmt))
-
-
-def _vis_image(vis_output, shape: Tuple[int, int]) -> np.ndarray:
-    """Visualizer output as RGB uint8 of exactly ``shape`` (h, w)."""
-    img = vis_output.get_image()
-    if img.shape[:2] != tuple(shape):
-        img = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-    return img
-
-
-def _title(panel_rgb: np.ndarray, text: str) -> np.ndarray:
-    """RGB panel -> BGR panel with a title bar of ``text`` above it (font shrunk / text cut to
-    fit)."""
-    h, w = panel_rgb.shape[:2]
-    bar = np.full((TITLE_H, w, 3), 0, np.uint8)
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
-    while scale > 0.3 and cv2.getTextSize(text, font, scale, 1)[0][0] > w - 6:
-        scale -= 0.05
-    while len(text) > 1 and cv2.getTextSize(text, font, scale, 1)[0][0] > w - 6:
-        text = text[:-2] + "~"
-    cv2.putText(bar, text, (3, TITLE_H - 7), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return np.concatenate([bar, panel_rgb[:, :, ::-1]], axis=0)
-
-
-def _concat(arrays: Sequence[np.ndarray], axis: int) -> np.ndarray:
-    """BGR images joined along ``axis`` (1: side by side, top-aligned; 0: stacked, left-aligned),
-    GAP grey pixels apart, each padded with grey to the largest size across ``axis``."""
-    other = 1 - axis
-    size = max(a.shape[other] for a in arrays)
-    parts = []
-    for i, a in enumerate(arrays):
-        if i:
-            gap = [GAP, GAP]
-            gap[other] = size
-            parts.append(np.full((*gap, 3), BG_GREY, np.uint8))
-        pad = list(a.shape[:2])
-        pad[other] = size - a.shape[other]
-        parts.append(np.concatenate([a, np.full((*pad, 3), BG_GREY, np.uint8)], axis=other))
-    return np.concatenate(parts, axis=axis)
-
-
-def _row(panels: Sequence[np.ndarray]) -> np.ndarray:
-    """Panels (BGR, titled) side by side, top-aligned."""
-    return _concat(panels, axis=1)
-
-
-def _stack(rows: Sequence[np.ndarray]) -> np.ndarray:
-    """Rows stacked vertically, left-aligned, padded to the widest."""
-    return _concat(rows, axis=0)
-
-
-def write_png(path: Path, image_bgr: np.ndarray) -> Path:
-    """Encode ``image_bgr`` as PNG and write it atomically to ``path``."""
-    ok, buf = cv2.imencode(".png", image_bgr)
-    assert ok, f"PNG encoding failed for {path}"
-    with atomic_open(path, "wb") as f:
-        f.write(buf.tobytes())
-    return path
-
-
-def _draw_predictions(rgb: np.ndarray, instances: Instances, metadata) -> np.ndarray:
-    vis = Visualizer(rgb, metadata)
-    return _vis_image(vis.draw_instance_predictions(instances), rgb.shape[:2])
-
-
-def _above(instances: Instances, thresh: float) -> Instances:
-    return instances[instances.scores >= thresh].to("cpu")
-
-
-def _out_name(out_dir: Path, dataset: str, k: int, file_name: str, kind: str) -> Path:
-    return out_dir / dataset / f"{k:03d}_{Path(file_name).stem}_{kind}.png"
-
-
-# ---------------------------------------------------------------- the two figures
-@torch.no_grad()
-def render_predictions(cfg, model: MMTPSMRCNN, mapper: DatasetMapper, d: Dict, metadata,
-                       score_thresh: float, teacher_note: str = "") -> np.ndarray:
-    """BGR figure: ground truth | teacher predictions | student predictions (original size).
-
-    ``mapper``: the test-time ``DatasetMapper`` (resizes as evaluation does); predictions are
-    drawn at the original size (the models rescale them to the dict's height/width)."""
-    rgb = utils.convert_image_to_rgb(
-        utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT), cfg.INPUT.FORMAT
-    )
-    rgb = np.ascontiguousarray(rgb)
-    shape = rgb.shape[:2]
-    gt = _vis_image(Visualizer(rgb, metadata).draw_dataset_dict(d), shape)
-    inputs = [mapper(d)]
-    teacher = _above(model.teacher(inputs)[0]["instances"], score_thresh)
-    # the student: GeneralizedRCNN's own eval forward on the MMTPSMRCNN (= the student)
-    student = _above(GeneralizedRCNN.forward(model, inputs)[0]["instances"], score_thresh)
-    panels = [
-        _title(gt, f"ground truth: {len(d.get('annotations', []))} instances"),
-        _title(
-            _draw_predictions(rgb, teacher, metadata),
-            f"teacher{teacher_note}: {len(teacher)} >= {score_thresh:g}",
-        ),
-        _title(
-            _draw_predictions(rgb, student, metadata),
-            f"student: {len(student)} >= {score_thresh:g}",
-        ),
-    ]
-    return _row(panels)
-
-
-def _pseudo_mask_instances(pl: PseudoLabels) -> Instances:
-    """The teacher's detections of ``pl`` with masks pasted into the view (for Visualizer)."""
-    det = pl.detections.to("cpu")
-    h, w = pl.image_size
-    out = Instances((h, w), pred_boxes=det.pred_boxes, scores=det.scores,
-                    pred_classes=det.pred_classes)
-    if len(det):
-        out.pred_masks = paste_masks_in_image(det.pred_masks[:, 0], det.pred_boxes, (h, w))
-    else:
-        out.pred_masks = torch.zeros((0, h, w), dtype=torch.bool)
-    return out
-
-
-def _mined_panel(rgb: np.ndarray, pl: PseudoLabels, metadata) -> Tuple[np.ndarray, str]:
-    names = metadata.get("thing_classes", None)
-    mined = pl.mined.cpu()
-    boxes = pl.proposals.tensor.cpu()[mined].numpy()
-    hard = pl.hard.cpu()[mined].tolist()
-    prob = pl.target.cpu()[mined].max(-1).values.tolist()
-    bg = pl.target.shape[1] - 1
-    colors, labels = [], []
-    for c, p in zip(hard, prob):
-        if c == bg:
-            colors.append(BG_COLOR)
-            labels.append(f"bg {p:.2f}")
-        else:
-            colors.append(FG_COLORS[c % len(FG_COLORS)])
-            labels.append(f"{names[c] if names and c < len(names) else c} {p:.2f}")
-    vis = Visualizer(rgb, metadata)
-    if len(boxes):
-        vis.overlay_instances(
-            boxes=boxes,
-            labels=labels if len(boxes) <= MAX_BOX_LABELS else None,
-            assigned_colors=colors,
-        )
-    n_bg = sum(c == bg for c in hard)
-    title = f"mined: {len(hard) - n_bg} fg / {n_bg} bg (red) of {len(mined)}"
-    return _vis_image(vis.get_output(), rgb.shape[:2]), title
-
-
-def _mgd_panel(rgb: np.ndarray, pl: PseudoLabels, metadata) -> Tuple[np.ndarray, str]:
-    h, w = pl.image_size
-    fg = pl.fg_mask[:h, :w].cpu().numpy()
-    vis = Visualizer(rgb, metadata)
-    if fg.any():
-        vis.draw_binary_mask(fg.astype(np.uint8), color=MGD_COLOR, alpha=0.5, area_threshold=0)
-    title = f"MGD foreground mask: {100.0 * fg.mean():.1f}% of pixels"
-    return _vis_image(vis.get_output(), (h, w)), title
-
-
-@torch.no_grad()
-def render_pseudo_labels(cfg, model: MMTPSMRCNN, mapped: Dict, metadata,
-                         teacher_note: str = "") -> np.ndarray:
-    """BGR figure of the teacher's pseudo-labels on one KViewMapper output (see module doc)."""
-    fmt = cfg.INPUT.FORMAT
-    pl = model.teacher_pseudo_labels([mapped])[0][0]
-    view0 = _to_rgb(mapped["teacher_views"][0], fmt)
-    clean = _to_rgb(mapped["image"], fmt)
-    assert view0.shape[:2] == tuple(pl.image_size), (view0.shape, pl.image_size)
-    det = _pseudo_mask_instances(pl)
-    thresh = cfg.MODEL.MMT_PSM.MGD_SCORE_THRESH
-    top = [
-        _title(
-            _draw_predictions(view0, det, metadata),
-            f"teacher{teacher_note} view 0: {len(det)} pseudo masks >= {thresh:g}",
-        ),
-        _title(*_mined_panel(clean, pl, metadata)),
-        _title(*_mgd_panel(clean, pl, metadata)),
-    ]
-    strip = []
-    for kind in ("teacher", "student"):
-        for v, (view, flip) in enumerate(zip(mapped[f"{kind}_views"], mapped[f"{kind}_flips"])):
-            name = f"{kind} view {v}" + (" (flipped)" if flip else "")
-            strip.append(_title(_to_rgb(view, fmt), name))
-    return _stack([_row(top), _row(strip)])
 
 
 # ---------------------------------------------------------------- main
@@ -374,8 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
         test_mapper = DatasetMapper(cfg, is_train=False)
         for k, d in enumerate(DatasetCatalog.get(dataset)[: args.num_images]):
             fig = render_predictions(cfg, model, test_mapper, d, metadata, args.score_thresh, note)
-            written.append(write_png(_out_name(out_dir, dataset, k, d["file_name"],
-                                               "predictions"), fig))
+            path = out_name(out_dir, dataset, k, d["file_name"], "predictions")
+            written.append(write_png(path, fig))
             print(written[-1], flush=True)
     elif not dataset:
         logger.warning("no labeled dataset (DATASETS.TEST empty or --dataset none): skipped")
@@ -384,8 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
         mapper = KViewMapper(cfg)
         for k, d in enumerate(DatasetCatalog.get(unlabeled)[: args.num_images]):
             fig = render_pseudo_labels(cfg, model, mapper(d), metadata, note)
-            written.append(write_png(_out_name(out_dir, unlabeled, k, d["file_name"],
-                                               "pseudo_labels"), fig))
+            path = out_name(out_dir, unlabeled, k, d["file_name"], "pseudo_labels")
+            written.append(write_png(path, fig))
             print(written[-1], flush=True)
     elif not unlabeled:
         logger.warning("no unlabeled dataset (DATASETS.TRAIN_UNLABELED empty or none): skipped")

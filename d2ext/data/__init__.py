@@ -6,16 +6,14 @@ from .register import (
     register_coco_instances_with_points,
     register_unlabeled_images,
 )
-from .kview_mapper import KViewMapper
 from .resumable import ResumableTrainingSampler, build_resumable_train_loader
 from .two_stream import (
-    TwoStreamLoader,
+    ResumableTwoStreamLoader,
     build_two_stream_train_loader,
     split_batch_size,
 )
 
 __all__ = [
-    "KViewMapper",
     "set_data_root",
     "load_coco_json_with_points",
     "load_unlabeled_images",
@@ -23,7 +21,7 @@ __all__ = [
     "register_unlabeled_images",
     "ResumableTrainingSampler",
     "build_resumable_train_loader",
-    "TwoStreamLoader",
+    "ResumableTwoStreamLoader",
     "build_two_stream_train_loader",
     "split_batch_size",
 ]

@@ -32,13 +32,20 @@ def split_batch_size(total: int, unlabeled_ratio: float) -> Tuple[int, int]:
     return labeled, unlabeled
 
 
-class TwoStreamLoader:
+class ResumableTwoStreamLoader:
     """Iterable over ``(labeled: list[dict], unlabeled: list[dict] | None)``, one pair per step.
 
     Both loaders are infinite (TrainingSampler), so the pairs never run out. ``unlabeled_gate``,
     when set, is asked before every step; while it returns False the unlabeled stream is not
     drawn from (nothing loaded or augmented) and the pair holds ``None`` (e.g. MMT-PSM's
     labeled-only burn-in).
+
+    Resumes by skipping: on ``--resume`` the trainer sets ``skip`` of ``samplers`` (the two
+    :class:`~d2ext.data.ResumableTrainingSampler`) to the images each stream already drew, so the
+    continued run sees the images the uninterrupted one would have seen. The MONAI side's
+    ``monai_bundles.common.two_stream.EpochTwoStreamLoader`` differs on purpose: it yields dicts
+    ``{"labeled": ..., "unlabeled": ...}`` in fixed-length epochs (ignite's unit) and resumes by
+    reseeding both streams from ``(seed, epoch)`` when each epoch starts, not by skipping.
     """
 
     def __init__(
@@ -102,7 +109,9 @@ def _two_stream_loader_from_config(cfg, mapper=None, unlabeled_mapper=None):
 
 
 @configurable(from_config=_two_stream_loader_from_config)
-def build_two_stream_train_loader(*, labeled: Dict, unlabeled: Dict) -> TwoStreamLoader:
+def build_two_stream_train_loader(
+    *, labeled: Dict, unlabeled: Dict
+) -> ResumableTwoStreamLoader:
     """Build the labeled and unlabeled detectron2 train loaders and zip them.
 
     Called as ``build_two_stream_train_loader(cfg, mapper=None, unlabeled_mapper=None)``:
@@ -116,10 +125,10 @@ def build_two_stream_train_loader(*, labeled: Dict, unlabeled: Dict) -> TwoStrea
         labeled, unlabeled: keyword arguments of ``build_detection_train_loader`` per stream.
 
     Returns:
-        TwoStreamLoader yielding ``(labeled, unlabeled)`` lists of mapped dicts (each with
+        ResumableTwoStreamLoader yielding ``(labeled, unlabeled)`` lists of mapped dicts (each with
         ``image``: uint8 tensor (C, H, W); labeled ones also ``instances``).
     """
-    loader = TwoStreamLoader(
+    loader = ResumableTwoStreamLoader(
         build_detection_train_loader(**labeled), build_detection_train_loader(**unlabeled)
     )
     # the samplers, so a trainer can continue their sequences on resume (``skip``)

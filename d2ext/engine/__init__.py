@@ -1,31 +1,24 @@
+"""Shared training machinery: base Trainer, EMA / RNG hooks, atomic checkpoints, trainer registry.
+
+Method packages (e.g. :mod:`d2ext.mmt_psm`) register their trainers in :data:`TRAINER_REGISTRY`.
+"""
+
 from .checkpoint import AtomicDetectionCheckpointer
 from .ema import EMATeacherHook, ema_alpha, ema_update_, unwrap_model
-from .mmt_psm_trainer import MMTPSMTrainer
+from .registry import TRAINER_REGISTRY, register_trainer, trainer_class
 from .rng_hook import RNGStateHook
-from .schedules import UnsupWeightHook, unsup_weight
 from .trainer import Trainer, write_final_metrics
-
-# Trainer class per MODEL.META_ARCHITECTURE (default: Trainer).
-TRAINERS = {"MMTPSMRCNN": MMTPSMTrainer}
-
-
-def trainer_class(cfg):
-    """The trainer that trains ``cfg.MODEL.META_ARCHITECTURE`` (``Trainer`` unless listed)."""
-    return TRAINERS.get(cfg.MODEL.META_ARCHITECTURE, Trainer)
-
 
 __all__ = [
     "AtomicDetectionCheckpointer",
     "EMATeacherHook",
-    "MMTPSMTrainer",
     "RNGStateHook",
-    "TRAINERS",
+    "TRAINER_REGISTRY",
     "Trainer",
-    "UnsupWeightHook",
     "ema_alpha",
     "ema_update_",
+    "register_trainer",
     "trainer_class",
-    "unsup_weight",
     "unwrap_model",
     "write_final_metrics",
 ]

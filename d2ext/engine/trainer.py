@@ -20,6 +20,7 @@ import weakref
 
 import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import DefaultTrainer
+from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils import comm
 
 from d2ext.data.resumable import build_resumable_train_loader
@@ -27,6 +28,7 @@ from d2ext.evaluation import build_cell_evaluators
 from sslseg.io import write_json_atomic
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .registry import register_trainer
 from .rng_hook import RNGStateHook
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ def write_final_metrics(results, output_dir: str, **extra) -> str:
     return path
 
 
+@register_trainer(GeneralizedRCNN)
 class Trainer(DefaultTrainer):
     """DefaultTrainer for cell instance segmentation (see the module docstring)."""
 

@@ -1,10 +1,13 @@
-"""Loss-weight schedule lambda(t) of MMT-PSM and the hook that applies it."""
+"""Loss-weight schedule lambda(t) of MMT-PSM and the hook that applies it (MMT-PSM's hooks).
+
+The EMA teacher hook is generic and lives in :mod:`d2ext.engine.ema`.
+"""
 
 import math
 
 from detectron2.engine import HookBase
 
-from .ema import unwrap_model
+from d2ext.engine import unwrap_model
 
 __all__ = ["unsup_weight", "UnsupWeightHook"]
 
@@ -39,7 +42,9 @@ def unsup_weight(
 class UnsupWeightHook(HookBase):
     """Set ``model.unsup_weight = lambda(t)`` before each step and log it (``mmt_psm/lambda``).
 
-    While it is 0 the two-stream loader skips the unlabeled stream (see MMTPSMTrainer).
+    While it is 0 the two-stream loader skips the unlabeled stream (see MMTPSMTrainer). The
+    keyword arguments of :func:`unsup_weight` come from ``SOLVER.MAX_ITER`` and
+    ``MODEL.MMT_PSM.{BURN_IN,RAMP_UP,RAMP_DOWN}_ITERS``, ``RAMP_{UP,DOWN}_SCALE``.
     """
 
     def __init__(self, cfg):

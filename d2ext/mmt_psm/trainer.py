@@ -1,14 +1,14 @@
 """``MMTPSMTrainer``: the project's Trainer with MMT-PSM's two-stream data and hooks.
 
 - train loader: labeled images through detectron2's ``DatasetMapper``, unlabeled images through
-  :class:`d2ext.data.KViewMapper`, zipped 1:1 by ``build_two_stream_train_loader``; the unlabeled
-  stream is only drawn from while lambda(t) > 0 (not during the labeled-only burn-in);
+  :class:`KViewMapper`, zipped 1:1 by ``build_two_stream_train_loader``; the unlabeled stream is
+  only drawn from while lambda(t) > 0 (not during the labeled-only burn-in);
 - hooks: :class:`UnsupWeightHook` (lambda(t), before the step) and :class:`EMATeacherHook`
   (teacher update, after the step, before checkpointing and evaluation);
 - evaluation: the teacher by default (``MODEL.MMT_PSM.EVAL_MODEL``); results go to
   ``inference/<dataset>_<teacher|student>/`` and final_metrics.json says which network;
-- exact resume as in :class:`Trainer`: on ``--resume`` the labeled sampler continues after one
-  batch per step and the unlabeled one after one batch per step with lambda(t) > 0.
+- exact resume as in :class:`d2ext.engine.Trainer`: on ``--resume`` the labeled sampler continues
+  after one batch per step and the unlabeled one after one batch per step with lambda(t) > 0.
 """
 
 import logging
@@ -17,20 +17,22 @@ import os
 from detectron2.data import DatasetMapper
 from detectron2.engine import hooks as d2_hooks
 
-from d2ext.data.kview_mapper import KViewMapper
 from d2ext.data.two_stream import build_two_stream_train_loader, split_batch_size
+from d2ext.engine import EMATeacherHook, Trainer, register_trainer, unwrap_model
 
-from .ema import EMATeacherHook, unwrap_model
-from .schedules import UnsupWeightHook, unsup_weight
-from .trainer import Trainer
+from .hooks import UnsupWeightHook, unsup_weight
+from .kview_mapper import KViewMapper
+from .meta_arch import MMTPSMRCNN
 
 __all__ = ["MMTPSMTrainer"]
 
 logger = logging.getLogger(__name__)
 
 
+@register_trainer(MMTPSMRCNN)
 class MMTPSMTrainer(Trainer):
-    """Trainer for ``MODEL.META_ARCHITECTURE: MMTPSMRCNN`` (see the module docstring)."""
+    """Trainer for ``MODEL.META_ARCHITECTURE: MMTPSMRCNN`` and its subclasses (module docstring);
+    registered in ``d2ext.engine.TRAINER_REGISTRY`` as their "auto" trainer."""
 
     # adapters (and the unlabeled branch) get no gradient in labeled-only steps
     find_unused_parameters = True

@@ -8,8 +8,8 @@ mode, updated only by :class:`d2ext.engine.EMATeacherHook`. Checkpoints therefor
 
 Training input: ``(labeled, unlabeled)`` from the two-stream loader (``unlabeled`` may be None:
 labeled-only steps), or a plain list of labeled dicts. Unlabeled dicts come from
-:class:`d2ext.data.KViewMapper`. Losses: detectron2's supervised ones plus, weighted by
-``self.unsup_weight`` (lambda(t), set by :class:`d2ext.engine.UnsupWeightHook`),
+:class:`d2ext.mmt_psm.KViewMapper`. Losses: detectron2's supervised ones plus, weighted by
+``self.unsup_weight`` (lambda(t), set by :class:`d2ext.mmt_psm.UnsupWeightHook`),
 ``loss_psm`` and ``loss_mgd`` (already multiplied by gamma).
 
 Eval mode: the teacher predicts (``MODEL.MMT_PSM.EVAL_MODEL: teacher``) unless the student is
@@ -124,7 +124,7 @@ class MMTPSMRCNN(GeneralizedRCNN):
         Args:
             mgd_in_features: FPN levels distilled by L_mgd.
             eval_model: "teacher" or "student", the network used in eval mode.
-            others: see ``add_mmt_psm_config`` (d2ext/config.py), one key each.
+            others: see ``add_mmt_psm_config`` (d2ext/mmt_psm/config.py), one key each.
             kwargs: ``GeneralizedRCNN`` arguments (the student).
         """
         super().__init__(**kwargs)
@@ -319,7 +319,7 @@ class MMTPSMRCNN(GeneralizedRCNN):
         for d in unlabeled:
             assert "teacher_views" in d and "student_views" in d, (
                 f"unlabeled input {d.get('file_name', '?')} lacks teacher_views/student_views: "
-                f"train MMT-PSM with d2ext.data.KViewMapper (MMTPSMTrainer does)"
+                f"train MMT-PSM with d2ext.mmt_psm.KViewMapper (MMTPSMTrainer does)"
             )
         pseudo, t_features, t_images = self.teacher_pseudo_labels(unlabeled)
         num_t = unlabeled[0]["teacher_views"].shape[0]

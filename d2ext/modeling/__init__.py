@@ -1,3 +1,0 @@
-"""Meta-architectures of the project's methods (registered with detectron2's registries)."""
-
-from . import mmt_psm as _  # registration
