@@ -10,7 +10,7 @@ from ignite.engine import Engine
 from monai.data import MetaTensor
 
 from monai_bundles.common.case_metrics import CaseMetricsWriter, to_label_map
-from monai_bundles.common.datalist import datalist_split
+from monai_bundles.common.datalist import datalist_split, inference_items
 
 NUM_CLASSES = 3
 
@@ -129,3 +129,22 @@ def test_datalist_split(tmp_path):
         datalist_split(str(datalist), "train", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         datalist_split(str(tmp_path / "nope.json"), "labeled", str(tmp_path))
+
+
+def test_datalist_split_in_memory_and_inference_items(tmp_path):
+    """A dict datalist (the bundles' default) reads as its json; inference also takes a folder."""
+    (tmp_path / "a").mkdir()
+    for name in ("a/x.h5", "y.h5", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    content = {"labeled": [{"image": "y.h5", "label": "y.h5"}], "test": [{"image": "a/x.h5"}],
+               "description": "hand-made"}
+    (tmp_path / "dl.json").write_text(json.dumps(content))
+    assert datalist_split(content, "labeled", str(tmp_path)) == datalist_split(
+        str(tmp_path / "dl.json"), "labeled", str(tmp_path))
+    with pytest.raises(KeyError, match="in-memory datalist: hand-made"):
+        datalist_split(content, "validation", str(tmp_path))
+    assert inference_items(content, "test", str(tmp_path)) == [{"image": str(tmp_path / "a/x.h5")}]
+    assert inference_items(str(tmp_path), "unused", "unused") == [
+        {"image": str(tmp_path / "a" / "x.h5")}, {"image": str(tmp_path / "y.h5")}]
+    with pytest.raises(FileNotFoundError, match="no \\*.nii.gz file"):
+        inference_items(str(tmp_path / "a"), "test", "", pattern="*.nii.gz")

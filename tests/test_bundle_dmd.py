@@ -8,29 +8,25 @@ torchrun with gloo; a run resumed after epoch 1 ends with the same weights as a 
 """
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import BUNDLES, SCHEMA, run_bundle, tiny_overrides
 from monai.bundle import ConfigWorkflow, verify_metadata
 
-from monai_bundles.common.command import bundle_run_command
 from monai_bundles.dmd.networks import VNet
 from sslseg.datasets.synthetic import make_slices, make_volumes
 from sslseg.paths import data_root
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "monai_bundles" / "dmd" / "configs"
-TRAIN, ACDC, SUPERVISED, EVALUATE, INFER, MULTI_GPU = (
+CONFIGS = BUNDLES / "dmd" / "configs"
+TRAIN, ACDC, SUPERVISED, EVALUATE, INFER, INFER_ACDC, MULTI_GPU = (
     str(CONFIGS / f"{n}.json")
-    for n in ("train", "train_acdc", "train_supervised", "evaluate", "inference", "multi_gpu_train")
+    for n in ("train", "train_acdc", "train_supervised", "evaluate", "inference",
+              "inference_acdc", "multi_gpu_train")
 )
-SCHEMA = REPO / "monai_bundles" / "common" / "meta_schema.json"
 LOGGING = str(CONFIGS / "logging.conf")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -45,29 +41,16 @@ def data(tmp_path_factory):
 def _overrides(data, work: Path, task: str = "la", **extra) -> dict:
     """Tiny-run overrides shared by every command (paths under ``work``)."""
     dataset_dir, datalist = data[task]
-    return {
-        "dataset_dir": dataset_dir,
-        "datalist": datalist,
-        "patch_size": [32, 32, 16] if task == "la" else [64, 64],
-        "labeled_batch_size": 2,
-        "unlabeled_batch_size": 2,
-        "num_workers": 0,
-        "max_epochs": 1,
-        "epoch_length": 2,
-        "val_interval": 1,
-        "ckpt_dir": str(work / "models"),
-        "output_dir": str(work / "eval"),
-        **extra,
-    }
+    return tiny_overrides(
+        dataset_dir, datalist, work,
+        patch_size=[32, 32, 16] if task == "la" else [64, 64],
+        labeled_batch_size=2, unlabeled_batch_size=2, epoch_length=2, **extra,
+    )
 
 
 def _run(config_files, overrides: dict, launcher=(sys.executable,)) -> str:
-    """``python -m monai.bundle run`` from the repository root; returns the log, fails loudly."""
-    cmd = bundle_run_command(config_files, {**overrides, "logging_file": LOGGING}, launcher)
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)}\nfailed ({proc.returncode}):\n{log[-4000:]}"
-    return log
+    """The bundle run with the bundle's logging.conf."""
+    return run_bundle(config_files, {**overrides, "logging_file": LOGGING}, launcher)
 
 
 def _load(path: Path) -> dict:
@@ -89,7 +72,8 @@ def trained_la(data, tmp_path_factory):
         ("train", [TRAIN], "la"),
         ("train", [TRAIN, ACDC], "acdc"),
         ("train", [TRAIN, SUPERVISED], "la"),
-        ("infer", [TRAIN, INFER], "la"),
+        ("infer", [INFER], "la"),  # standalone, as in the model zoo
+        ("infer", [INFER, INFER_ACDC], "acdc"),
         ("infer", [TRAIN, EVALUATE], "la"),
     ],
 )
@@ -130,7 +114,8 @@ def test_evaluate_writes_case_metrics(data, trained_la):
 @pytest.mark.slow
 def test_inference_writes_label_maps(data, trained_la):
     out = trained_la["work"] / "predictions"
-    _run([TRAIN, INFER], _overrides(data, trained_la["work"], output_dir=str(out), ensemble=True))
+    overrides = _overrides(data, trained_la["work"], output_dir=str(out), ensemble=True)
+    _run([INFER], overrides)  # inference.json alone: model.pt + images, no training config
     assert sorted(p.name for p in out.iterdir()) == ["case_005_seg.nii.gz"]
 
 
@@ -208,16 +193,16 @@ def test_multi_gpu_train_runs_with_torchrun_gloo(data, tmp_path):
 ])
 def test_bare_command_defaults_build_published_splits(tmp_path, monkeypatch, files, n_labeled,
                                                       temperature):
-    """With no --dataset_dir/--datalist the bundle finds the data root and writes the datalist."""
+    """With no --dataset_dir/--datalist the bundle finds the data root and builds the datalist
+    in memory: resolving the config writes no file."""
     from monai.bundle import ConfigParser
 
     monkeypatch.setenv("SSLSEG_WORK", str(tmp_path))
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / f) for f in files])
     parser.parse()
-    datalist = Path(parser.get_parsed_content("datalist"))
-    assert datalist.parent == tmp_path / "datalists", datalist
-    splits = json.loads(datalist.read_text())
+    splits = parser.get_parsed_content("datalist")
+    assert isinstance(splits, dict) and list(tmp_path.iterdir()) == [], "a file was written"
     assert len(splits["labeled"]) == n_labeled
     assert splits["validation"], "no validation cases"
     assert parser.get_parsed_content("temperature") == pytest.approx(temperature)

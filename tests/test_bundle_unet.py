@@ -8,8 +8,6 @@ validates against our local schema, and multi_gpu_train.json runs under torchrun
 import csv
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,19 +16,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import BUNDLES, SCHEMA, run_bundle, tiny_overrides
 from monai.bundle import ConfigWorkflow, verify_metadata
 from monai.networks.nets import UNet
 
-from monai_bundles.common.command import bundle_run_command
 from sslseg.datasets.synthetic import make_slices
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "monai_bundles" / "supervised_unet" / "configs"
+CONFIGS = BUNDLES / "supervised_unet" / "configs"
 TRAIN, EVALUATE, INFER = (str(CONFIGS / f"{n}.json") for n in ("train", "evaluate", "inference"))
 MULTI_GPU = str(CONFIGS / "multi_gpu_train.json")
-SCHEMA = REPO / "monai_bundles" / "common" / "meta_schema.json"
 NUM_CLASSES = 4
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +40,11 @@ def data(tmp_path_factory):
 
 def _overrides(data, **extra) -> dict:
     """The tiny-run overrides shared by every command (paths under the test's tmp dir)."""
-    work = data["work"]
-    return {
-        "dataset_dir": data["dataset_dir"],
-        "datalist": data["datalist"],
-        "patch_size": [64, 64],
-        "batch_size": 4,
-        "num_workers": 0,
-        "max_epochs": 1,
-        "val_interval": 1,
-        "ckpt_dir": str(work / "models"),
-        "output_dir": str(work / "eval"),
-        **extra,
-    }
+    return tiny_overrides(data["dataset_dir"], data["datalist"], data["work"],
+                          patch_size=[64, 64], batch_size=4, **extra)
 
 
-def _run(config_files, overrides: dict, launcher=(sys.executable,)) -> str:
-    """``python -m monai.bundle run`` from the repository root; returns the log, fails loudly."""
-    cmd = bundle_run_command(config_files, overrides, launcher)
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)}\nfailed ({proc.returncode}):\n{log[-4000:]}"
-    return log
+_run = run_bundle
 
 
 def _assert_unet_checkpoint(path: Path) -> None:
@@ -96,7 +74,7 @@ def trained(data):
     "workflow_type,configs",
     [
         ("train", [TRAIN]),
-        ("infer", [TRAIN, INFER]),
+        ("infer", [INFER]),  # standalone, as in the model zoo
         ("infer", [TRAIN, EVALUATE]),
     ],
 )
@@ -134,7 +112,7 @@ def test_evaluate_writes_case_metrics(data, trained):
 @pytest.mark.slow
 def test_inference_writes_one_label_map_per_case(data, trained):
     out = data["work"] / "predictions"
-    _run([TRAIN, INFER], _overrides(data, output_dir=str(out)))
+    _run([INFER], _overrides(data, output_dir=str(out)))  # inference.json alone
     cases = json.loads(Path(data["datalist"]).read_text())["test"]
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(Path(c["image"]).stem + "_seg.nii.gz" for c in cases)

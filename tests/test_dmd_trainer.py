@@ -7,10 +7,11 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler
 from monai.losses import DiceLoss
 
-from monai_bundles.common.two_stream import TwoStreamLoader
+from monai_bundles.common.stats import loss_terms
+from monai_bundles.common.two_stream import EpochTwoStreamLoader, labeled_prepare_batch
 from monai_bundles.dmd.losses import DMDLoss
 from monai_bundles.dmd.networks import UNet2D, VNet
-from monai_bundles.dmd.trainer import DMDTrainer, loss_terms
+from monai_bundles.dmd.trainer import LOSS_TERMS, DMDTrainer
 
 torch.set_num_threads(1)
 
@@ -38,7 +39,9 @@ def _two_stream(spatial, classes, steps, seed=0):
         )
         for _ in range(steps)
     ]
-    return TwoStreamLoader([b[0] for b in batches], [b[1] for b in batches], epoch_length=steps)
+    return EpochTwoStreamLoader(
+        [b[0] for b in batches], [b[1] for b in batches], epoch_length=steps
+    )
 
 
 def _trainer(net1, net2, loader, sup_loss, lambda_distill=4.0, detach_target=False, **kwargs):
@@ -168,3 +171,21 @@ def test_bad_batch_fails_loudly():
     trainer = _trainer(build(), build(), [{"image": torch.rand(2, 1, *spatial)}], sup_loss())
     with pytest.raises(AssertionError, match="labeled"):
         trainer.run()
+
+
+def test_loss_terms_and_labeled_prepare_batch_the_configs_name():
+    """The named functions train.json / train_supervised.json use instead of lambdas."""
+    dmd_out = {"image": torch.zeros(2), "pred": torch.zeros(2), "loss": torch.tensor(1.5),
+               "loss_sup1": 0.5, "loss_sup2": 0.25, "loss_distill": torch.tensor(0.75)}
+    assert loss_terms(dmd_out) == {"loss": 1.5, "loss_sup1": 0.5, "loss_sup2": 0.25,
+                                   "loss_distill": 0.75}
+    assert set(loss_terms(dmd_out)) == set(LOSS_TERMS)
+    assert loss_terms({"image": torch.zeros(1), "loss": torch.tensor(2.0)}) == {"loss": 2.0}
+    with pytest.raises(KeyError, match="no key starting with 'loss'"):
+        loss_terms({"image": torch.zeros(1)})
+    labeled = {"image": torch.ones(2, 1, 4, 4), "label": torch.zeros(2, 1, 4, 4)}
+    image, label = labeled_prepare_batch({"labeled": labeled, "unlabeled": {"image": None}},
+                                         torch.device("cpu"), False)
+    assert torch.equal(image, labeled["image"]) and torch.equal(label, labeled["label"])
+    with pytest.raises(KeyError, match="'labeled'"):
+        labeled_prepare_batch(labeled, torch.device("cpu"))

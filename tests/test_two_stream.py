@@ -12,7 +12,7 @@ from monai.transforms import Compose, RandGaussianNoised
 from monai_bundles.common.rng import RNGState
 from monai_bundles.common.two_stream import (
     TwoStreamEpochSeeder,
-    TwoStreamLoader,
+    EpochTwoStreamLoader,
     build_two_stream_loader,
 )
 
@@ -104,7 +104,7 @@ def test_empty_stream_fails_loudly():
     with pytest.raises(AssertionError, match="fewer than its batch size"):
         build_two_stream_loader(_dataset(1, 0, True), _dataset(4, 10, False), 2, 2, 3)
     with pytest.raises(AssertionError, match="epoch_length"):
-        TwoStreamLoader([], [], epoch_length=0)
+        EpochTwoStreamLoader([], [], epoch_length=0)
 
 
 def test_rng_state_round_trips_through_a_checkpoint():

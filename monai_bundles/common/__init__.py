@@ -1,9 +1,13 @@
 """What several bundles share, written once; bundle configs name these by full path in `_target_`.
 
 - ``readers.H5Reader``: MONAI ``ImageReader`` for the project's h5 files.
-- ``datalist.datalist_split``: one split of a datalist json as a list of dicts with absolute paths.
+- ``datalist.datalist_split``: one split of a datalist (json or in-memory dict) as a list of
+  dicts with absolute paths; ``inference_items`` also takes a folder of images.
 - ``case_metrics.CaseMetricsWriter``: per-case Dice/Jaccard/HD95/ASD of an evaluator -> JSON + CSV.
-- ``two_stream``: labeled + unlabeled loader with iteration-based epochs, per-epoch reseeding.
+- ``two_stream``: ``EpochTwoStreamLoader`` (labeled + unlabeled dict batches, iteration-based
+  epochs, per-epoch reseeding) and ``labeled_prepare_batch`` (its labeled part, one network).
+- ``stats.loss_terms``: the losses of a trainer's output, for StatsHandler/TensorBoard.
+- ``export``: a bundle network exported with ``torch.export`` (TorchScript's successor).
 - ``rng.RNGState``: checkpointable python/numpy/torch RNG state (exact resume).
 - ``inferers``: ``ProbabilityNet`` (probability averaging, optional fast inference copy),
   ``la_overlap`` (exact LA strides), ``SliceVolumeInferer`` (2D network over a 3D volume).

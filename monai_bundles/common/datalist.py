@@ -1,30 +1,49 @@
 """Datalist splits for the bundles (docs/data_formats.md: keys labeled/unlabeled/validation/test).
 
 ``datalist_split`` is what a bundle config calls to turn ``@datalist`` + a split name into the list
-of ``{"image": abs_path, "label": abs_path}`` dicts a MONAI ``Dataset`` takes. It wraps
-``monai.data.load_decathlon_datalist`` and fails early, naming the file, when the datalist, the
-split or a referenced file is missing, instead of failing later inside a DataLoader worker.
+of ``{"image": abs_path, "label": abs_path}`` dicts a MONAI ``Dataset`` takes. ``@datalist`` is a
+json file (a user's own) or a dict in memory (the bundles' default, built by
+``sslseg.datasets.datalists.la_datalist`` / ``acdc_datalist``: resolving a config writes no file).
+It fails early, naming the datalist, when the split or a referenced file is missing, instead of
+failing later inside a DataLoader worker. ``inference_items`` also takes a folder of h5 images.
 """
 import json
 import os
-from typing import Dict, List, Sequence
-
-from monai.data import load_decathlon_datalist
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Union
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
+PATH_KEYS = ("image", "label")  # the keys resolved against base_dir, as load_decathlon_datalist
+
+
+def _read(datalist: Union[str, Mapping]) -> tuple:
+    """``(content, name for messages)`` of a datalist given as a json path or a dict."""
+    if isinstance(datalist, Mapping):
+        return datalist, f"<in-memory datalist: {datalist.get('description', 'no description')}>"
+    if not os.path.isfile(datalist):
+        raise FileNotFoundError(f"datalist {datalist!r} does not exist")
+    with open(datalist) as f:
+        return json.load(f), repr(datalist)
+
+
+def _resolve(path, base_dir: str):
+    """``path`` (or a list of paths) joined to ``base_dir``, as ``load_decathlon_datalist``."""
+    if isinstance(path, (list, tuple)):
+        return [_resolve(p, base_dir) for p in path]
+    return os.path.normpath(os.path.join(base_dir, path))
 
 
 def datalist_split(
-    datalist: str,
+    datalist: Union[str, Mapping],
     split: str,
     base_dir: str,
     keys: Sequence[str] = ("image", "label"),
     allow_empty: bool = False,
 ) -> List[Dict[str, str]]:
-    """Load one split of a datalist json with paths resolved against ``base_dir``.
+    """One split of a datalist with paths resolved against ``base_dir``.
 
     Args:
-        datalist: path of the datalist json.
+        datalist: path of the datalist json, or the datalist itself (a dict of splits).
         split: one of ``labeled``, ``unlabeled``, ``validation``, ``test``.
         base_dir: directory that relative paths in the datalist are relative to (``dataset_dir``).
         keys: keys every item must have, each pointing to an existing file (``("image",)`` for
@@ -34,28 +53,40 @@ def datalist_split(
     Returns:
         list of dicts, one per case, with absolute paths for ``keys``; other keys are kept.
     """
-    if not os.path.isfile(datalist):
-        raise FileNotFoundError(f"datalist {datalist!r} does not exist")
-    with open(datalist) as f:
-        content = json.load(f)
+    content, name = _read(datalist)
     if split not in content:
-        raise KeyError(f"datalist {datalist!r} has no split {split!r}; it has {sorted(content)}")
+        raise KeyError(f"datalist {name} has no split {split!r}; it has {sorted(content)}")
     if not content[split]:
         if allow_empty:
             return []
-        raise ValueError(f"split {split!r} of datalist {datalist!r} is empty")
-    items = load_decathlon_datalist(
-        datalist, is_segmentation=True, data_list_key=split, base_dir=base_dir
-    )
+        raise ValueError(f"split {split!r} of datalist {name} is empty")
+    items = [{k: _resolve(v, base_dir) if k in PATH_KEYS else v for k, v in item.items()}
+             for item in content[split]]
     for i, item in enumerate(items):
         for key in keys:
             if key not in item:
-                raise KeyError(
-                    f"item {i} of split {split!r} in {datalist!r} has no {key!r}: {item}"
-                )
+                raise KeyError(f"item {i} of split {split!r} in {name} has no {key!r}: {item}")
             if not os.path.isfile(item[key]):
                 raise FileNotFoundError(
-                    f"{key} file {item[key]!r} (item {i} of split {split!r} in {datalist!r}, "
+                    f"{key} file {item[key]!r} (item {i} of split {split!r} in {name}, "
                     f"base_dir {base_dir!r}) does not exist"
                 )
     return items
+
+
+def inference_items(
+    datalist: Union[str, Mapping], split: str, base_dir: str, pattern: str = "*.h5"
+) -> List[Dict[str, str]]:
+    """The images an inference config predicts, as ``[{"image": abs_path}, ...]``.
+
+    ``datalist`` is a folder (every file matching ``pattern`` under it, recursively, sorted;
+    ``split`` and ``base_dir`` are then unused), or a datalist json / dict (its ``split``, paths
+    relative to ``base_dir``, as :func:`datalist_split` with ``keys=("image",)``).
+    """
+    if isinstance(datalist, (str, Path)) and os.path.isdir(datalist):
+        files = sorted(str(p.resolve()) for p in Path(datalist).rglob(pattern) if p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no {pattern} file under the image folder {datalist!r}")
+        return [{"image": f} for f in files]
+    items = datalist_split(datalist, split, base_dir, keys=("image",))
+    return [{"image": item["image"]} for item in items]

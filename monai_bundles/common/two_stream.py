@@ -1,12 +1,13 @@
 """Two-stream (labeled + unlabeled) loading for semi-supervised MONAI trainers.
 
-``TwoStreamLoader`` zips a labeled and an unlabeled DataLoader into iteration-based epochs: each
-step yields ``{"labeled": batch_l, "unlabeled": batch_u}`` and a stream that runs out is simply
-re-iterated (like the reference codes' "6000 iterations" training). Each stream has its own
+``EpochTwoStreamLoader`` zips a labeled and an unlabeled DataLoader into iteration-based epochs:
+each step yields ``{"labeled": batch_l, "unlabeled": batch_u}`` and a stream that runs out is
+simply re-iterated (like the reference codes' "6000 iterations" training). Each stream has its own
 sampler. ``set_epoch(epoch)`` reseeds both samplers, the loaders' worker seeds and the datasets'
 random transforms from ``(seed, epoch)``, so epoch ``e`` draws the same samples and augmentations
 whether the run started at epoch 1 or resumed at epoch ``e`` (``TwoStreamEpochSeeder`` calls it
-when an ignite epoch starts).
+when an ignite epoch starts). ``labeled_prepare_batch`` lets a one-network MONAI trainer
+(``SupervisedTrainer``) train on the labeled stream alone.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import DataLoader
 from monai.data.utils import set_rnd
+from monai.engines.utils import default_prepare_batch
 from torch.utils.data import DistributedSampler, RandomSampler
 
 LABELED, UNLABELED = "labeled", "unlabeled"
@@ -26,8 +28,13 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-class TwoStreamLoader:
+class EpochTwoStreamLoader:
     """Iterable of ``epoch_length`` steps ``{"labeled": batch_l, "unlabeled": batch_u}``.
+
+    Not to be confused with Detectron2's ``d2ext.data.two_stream.ResumableTwoStreamLoader``, which
+    yields ``(labeled, unlabeled)`` tuples of an endless stream and resumes mid-epoch by skipping
+    the batches already drawn. This one fits ignite's epochs: dict batches, a fixed number of
+    steps per epoch, and resume at an epoch boundary by reseeding from ``(seed, epoch)``.
 
     Args:
         labeled_loader: yields dicts with "image" (B_l, C, *spatial) and "label".
@@ -126,8 +133,9 @@ def build_two_stream_loader(
     num_workers: int = 0,
     seed: int = 0,
     distributed: bool = False,
-) -> TwoStreamLoader:
-    """Two MONAI DataLoaders (own sampler each, ``drop_last``) zipped in a ``TwoStreamLoader``.
+) -> EpochTwoStreamLoader:
+    """Two MONAI DataLoaders (own sampler each, ``drop_last``) zipped in an
+    ``EpochTwoStreamLoader``.
 
     The labeled stream is seeded with ``seed``, the unlabeled one with ``seed + 1``; samplers are
     ``RandomSampler`` with their own ``torch.Generator``, or ``DistributedSampler`` when
@@ -145,7 +153,7 @@ def build_two_stream_loader(
         assert len(dataset) >= batch_size, (
             f"the {name} dataset has {len(dataset)} items, fewer than its batch size {batch_size}"
         )
-    loader = TwoStreamLoader(
+    loader = EpochTwoStreamLoader(
         _stream_loader(labeled_dataset, labeled_batch_size, num_workers, seed, distributed),
         None if unlabeled_batch_size == 0 else _stream_loader(
             unlabeled_dataset, unlabeled_batch_size, num_workers, seed + 1, distributed),
@@ -156,10 +164,23 @@ def build_two_stream_loader(
     return loader
 
 
+def labeled_prepare_batch(batchdata: dict, *args, **kwargs):
+    """``prepare_batch`` of a one-network trainer fed by an ``EpochTwoStreamLoader``.
+
+    Passes the ``"labeled"`` part of a two-stream step to MONAI's ``default_prepare_batch`` (the
+    other arguments unchanged: device, non_blocking, ...), so a supervised baseline
+    (``SupervisedTrainer``) trains on exactly the labeled draws of the semi-supervised run.
+    Returns ``(image, label)`` as ``default_prepare_batch``.
+    """
+    if LABELED not in batchdata:
+        raise KeyError(f"a two-stream batch has the key {LABELED!r}; got keys {sorted(batchdata)}")
+    return default_prepare_batch(batchdata[LABELED], *args, **kwargs)
+
+
 class TwoStreamEpochSeeder:
     """Ignite handler: ``loader.set_epoch(engine.state.epoch)`` when each epoch starts."""
 
-    def __init__(self, loader: TwoStreamLoader):
+    def __init__(self, loader: EpochTwoStreamLoader):
         self.loader = loader
 
     def attach(self, engine: Engine) -> None:

@@ -18,17 +18,8 @@ from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_
 from monai.utils.enums import CommonKeys as Keys
 
 LABELED, UNLABELED = "labeled", "unlabeled"
+# the losses in ``engine.state.output``, logged by ``monai_bundles.common.stats.loss_terms``
 LOSS_TERMS = (Keys.LOSS, "loss_sup1", "loss_sup2", "loss_distill")
-
-
-def loss_terms(output: dict) -> dict[str, float]:
-    """The DMD losses of ``engine.state.output`` as ``{name: float}``.
-
-    An ``output_transform`` for ``StatsHandler``/``TensorBoardStatsHandler``, which log every
-    entry of a dict of scalars. (``from_engine(["loss"], first=True)`` returns a 1-tuple on the
-    non-decollated dict output of ``DMDTrainer``, which StatsHandler ignores.)
-    """
-    return {key: float(torch.as_tensor(output[key]).detach()) for key in LOSS_TERMS}
 
 
 class DMDTrainer(Trainer):

@@ -1,14 +1,16 @@
 """Datalists (``load_decathlon_datalist`` format) for ACDC, LA and NIfTI image/label pairs.
 
-All four split keys are written (``labeled``, ``unlabeled``, ``validation``, ``test``); paths are
-relative to the dataset directory that was read (the bundles' ``dataset_dir``).
+All four split keys are present (``labeled``, ``unlabeled``, ``validation``, ``test``); paths are
+relative to the dataset directory that was read (the bundles' ``dataset_dir``). ``acdc_datalist``
+and ``la_datalist`` build a datalist in memory (the bundles' default ``datalist``: resolving a
+config writes nothing); ``make_*_datalist`` write one to a json file.
 Command line: ``sslseg-convert acdc|la|nifti ...``.
 """
 
 import logging
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .io_utils import PathLike, check_exists, read_list_file, write_datalist
 
@@ -26,6 +28,11 @@ def _patient_of(slice_name: str) -> str:
 def make_acdc_datalist(
     src_dir: PathLike, out_json: PathLike, labeled_patients: Union[int, str] = 3
 ) -> str:
+    """Write :func:`acdc_datalist` to ``out_json``; returns the path of the json."""
+    return str(write_datalist(out_json, **acdc_datalist(src_dir, labeled_patients)))
+
+
+def acdc_datalist(src_dir: PathLike, labeled_patients: Union[int, str] = 3) -> Dict[str, Any]:
     """ACDC (SSL4MIS layout) datalist: labeled / unlabeled slices, validation / test volumes.
 
     ``labeled`` = the slices of the first ``labeled_patients`` patients of
@@ -37,7 +44,7 @@ def make_acdc_datalist(
     exist.
 
     Returns:
-        path of the datalist json.
+        the datalist (in memory, nothing is written): the four split keys and a description.
     """
     src_dir = Path(src_dir)
     slices = read_list_file(src_dir / "train_slices.list")
@@ -66,21 +73,23 @@ def make_acdc_datalist(
     labeled = [{"image": rel[s], "label": rel[s]} for s in slices if _patient_of(s) in chosen]
     unlabeled = [{"image": rel[s]} for s in slices if _patient_of(s) not in chosen]
     logger.info(f"ACDC: {n} labeled patients = {len(labeled)} slices, {len(unlabeled)} unlabeled")
-    return str(
-        write_datalist(
-            out_json,
-            labeled,
-            unlabeled,
-            [{"image": p, "label": p} for p in val],
-            [{"image": p, "label": p} for p in test],
-            description=f"ACDC, {n} labeled patients, from {src_dir}",
-        )
+    return dict(
+        labeled=labeled,
+        unlabeled=unlabeled,
+        validation=[{"image": p, "label": p} for p in val],
+        test=[{"image": p, "label": p} for p in test],
+        description=f"ACDC, {n} labeled patients, from {src_dir}",
     )
 
 
 def make_la_datalist(
     src_dir: PathLike, out_json: PathLike, labeled: int = 8, require_all: bool = False
 ) -> str:
+    """Write :func:`la_datalist` to ``out_json``; returns the path of the json."""
+    return str(write_datalist(out_json, **la_datalist(src_dir, labeled, require_all)))
+
+
+def la_datalist(src_dir: PathLike, labeled: int = 8, require_all: bool = False) -> Dict[str, Any]:
     """Left Atrium (UA-MT layout) datalist from ``train.list`` / ``test.list``.
 
     ``labeled`` = the first ``labeled`` cases of ``train.list`` (must exist); ``unlabeled`` = the
@@ -90,7 +99,7 @@ def make_la_datalist(
     ``require_all``.
 
     Returns:
-        path of the datalist json.
+        the datalist (in memory, nothing is written): the four split keys and a description.
     """
     src_dir = Path(src_dir)
     train = read_list_file(src_dir / "train.list")
@@ -121,15 +130,12 @@ def make_la_datalist(
             )
         splits[name] = present
     test = [{"image": rel(c), "label": rel(c)} for c in splits["test"]]
-    return str(
-        write_datalist(
-            out_json,
-            labeled=[{"image": rel(c), "label": rel(c)} for c in train[:labeled]],
-            unlabeled=[{"image": rel(c)} for c in splits["unlabeled"]],
-            validation=test,
-            test=test,
-            description=f"LA, {labeled} labeled cases, from {src_dir}",
-        )
+    return dict(
+        labeled=[{"image": rel(c), "label": rel(c)} for c in train[:labeled]],
+        unlabeled=[{"image": rel(c)} for c in splits["unlabeled"]],
+        validation=test,
+        test=test,
+        description=f"LA, {labeled} labeled cases, from {src_dir}",
     )
 
 

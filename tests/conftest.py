@@ -1,0 +1,41 @@
+"""Helpers shared by the bundle tests (``test_bundle_*.py``), defined once.
+
+``run_bundle`` runs ``python -m monai.bundle run`` from the repository root in a subprocess and
+fails loudly with the log's tail; ``tiny_overrides`` holds the overrides every tiny bundle run
+shares (synthetic data, one epoch, outputs under the test's folder).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from monai_bundles.common.command import bundle_run_command
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLES = REPO / "monai_bundles"
+SCHEMA = BUNDLES / "common" / "meta_schema.json"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def tiny_overrides(dataset_dir, datalist, work: Path, **extra) -> dict:
+    """Overrides of a tiny run: the data, 1 epoch, validation each epoch, no loader workers,
+    checkpoints in ``work/models`` and evaluation output in ``work/eval``."""
+    return {
+        "dataset_dir": str(dataset_dir),
+        "datalist": str(datalist),
+        "num_workers": 0,
+        "max_epochs": 1,
+        "val_interval": 1,
+        "ckpt_dir": str(Path(work) / "models"),
+        "output_dir": str(Path(work) / "eval"),
+        **extra,
+    }
+
+
+def run_bundle(config_files, overrides: dict, launcher=(sys.executable,)) -> str:
+    """``python -m monai.bundle run`` from the repository root; returns the log, fails loudly."""
+    cmd = bundle_run_command(config_files, overrides, launcher)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)}\nfailed ({proc.returncode}):\n{log[-4000:]}"
+    return log
