@@ -8,6 +8,10 @@
     python tools/train_net.py --config-file configs/mmt_psm/isbi2014_20pct.yaml   # MMT-PSM
     ... --eval-only MODEL.WEIGHTS W MODEL.MMT_PSM.EVAL_MODEL student   # MMT-PSM: the student
 
+The trainer class is ``cfg.TRAINER``: "auto" (the default) takes the one the method package
+registered for ``MODEL.META_ARCHITECTURE`` (``d2ext.engine.trainer_class``); a name picks any
+trainer of ``d2ext.engine.TRAINER_REGISTRY``.
+
 The final evaluation is written to ``OUTPUT_DIR/final_metrics.json`` (and, during training, to
 detectron2's ``OUTPUT_DIR/metrics.json`` event log).
 """
