@@ -5,17 +5,39 @@ Each entry trains briefly from scratch and evaluates through the same entry poin
 (``tools/train_net.py`` for Detectron2, ``python -m monai.bundle run`` for MONAI bundles), then the
 metrics are read back from the files those runs wrote. Synthetic data is generated (seeded) under
 the work directory; nothing real is needed. A few minutes on 2 CPU cores.
+
+Reproducible on one machine: every run is seeded, each row first deletes what an earlier demo run
+left in its output folders (nothing is resumed or reused; the seeded synthetic sets are
+regenerated or re-read byte-identical), the runs get the deterministic-algorithm settings below,
+and the table leaves out wall times (printed on a separate line). Across machines the figures
+move (other CPU, other kernels): see the README. The table is also written as JSON with the commit
+and date (``results/demo.json``; ``tools/results_tables.py --publish demo`` puts it in the README).
+
+    python tools/demo.py                        # every row
+    python tools/demo.py --only unet,dmd        # some rows
 """
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
+from sslseg.bench import provenance
+from sslseg.io import write_json_atomic
 from sslseg.proc import CommandFailed, run_logged
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
+# For every run: cuBLAS's deterministic workspace (GPU), and the flag sslseg.determinism reads
+# to turn on torch.use_deterministic_algorithms / cudnn.deterministic in the entry points.
+DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", "SSLSEG_DETERMINISTIC": "1"}
+
+
+def _fresh(*folders: Path) -> None:
+    """Delete what an earlier demo run left in ``folders`` (never resumed or reused)."""
+    for f in folders:
+        shutil.rmtree(f, ignore_errors=True)
 
 
 def _run(cmd, log: Path) -> float:
@@ -28,6 +50,7 @@ def _run(cmd, log: Path) -> float:
 
 def _train_net(cfg: str, odir: Path, opts, log: Path):
     """``tools/train_net.py`` run; returns (cell metrics of final_metrics.json, seconds)."""
+    _fresh(odir)
     dt = _run([PY, "tools/train_net.py", "--config-file", cfg, "OUTPUT_DIR", odir, *opts], log)
     res = json.loads((odir / "final_metrics.json").read_text())
     segm, cells = res.get("segm", {}), res.get("cells", {})
@@ -65,6 +88,7 @@ def _synthetic_slices(out: Path) -> tuple:
     from sslseg.datasets.synthetic import make_slices
 
     data = out / "data" / "slices"
+    _fresh(data)
     return data, make_slices(data, num_volumes=6, depth=8, size=64, num_classes=4, seed=0,
                              num_labeled=2)
 
@@ -85,6 +109,7 @@ def _semantic_metrics(eval_dir: Path) -> dict:
 def demo_unet(out: Path, epochs: int):
     """Supervised 2D UNet bundle on synthetic ACDC-like slices, scored per 3D volume."""
     data, datalist = _synthetic_slices(out)
+    _fresh(out / "unet")
     cfg = "monai_bundles/supervised_unet/configs"
     common = {"dataset_dir": data, "datalist": datalist, "ckpt_dir": out / "unet" / "models",
               "output_dir": out / "unet" / "eval", "patch_size": [64, 64], "batch_size": 8,
@@ -101,6 +126,7 @@ def demo_dmd(out: Path, iterations: int):
     """DMD (two 2D U-Nets, mutual distillation) on the same synthetic ACDC-like data, with the
     labeled and unlabeled slices, scored per volume like the supervised UNet above."""
     data, datalist = _synthetic_slices(out)
+    _fresh(out / "dmd")
     cfg = "monai_bundles/dmd/configs"
     train = [f"{cfg}/train.json", f"{cfg}/train_acdc.json"]
     common = {"dataset_dir": data, "datalist": datalist, "ckpt_dir": out / "dmd" / "models",
@@ -121,29 +147,58 @@ def _fmt_metrics(m):
                      for k, v in m.items())
 
 
+ROWS = {"maskrcnn": ("maskrcnn_iters", demo_maskrcnn), "mmt_psm": ("mmt_psm_iters", demo_mmt_psm),
+        "unet": ("unet_epochs", demo_unet), "dmd": ("dmd_iterations", demo_dmd)}
+HEADER = ("method", "framework", "dataset", "metrics (held-out images)", "budget")
+
+
+def format_table(rows) -> str:
+    """The printed table: one line per row, no wall times (they differ from run to run)."""
+    table = [HEADER] + [(r["method"], r["framework"], r["dataset"], _fmt_metrics(r["metrics"]),
+                         r["budget"]) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(HEADER))]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "work" / "demo"), help="output folder")
+    ap.add_argument("--only", default="", help=f"comma-separated rows of {list(ROWS)}; default all")
+    ap.add_argument("--json", default=str(REPO / "results" / "demo.json"),
+                    help="where to write the table as JSON (with commit and date)")
     ap.add_argument("--maskrcnn-iters", type=int, default=60)
     ap.add_argument("--mmt-psm-iters", type=int, default=60)
     ap.add_argument("--unet-epochs", type=int, default=60)
     ap.add_argument("--dmd-iterations", type=int, default=150)
     args = ap.parse_args()
+    chosen = [n for n in args.only.split(",") if n] or list(ROWS)
+    unknown = [n for n in chosen if n not in ROWS]
+    if unknown:
+        sys.exit(f"unknown demo row(s) {unknown}; available: {list(ROWS)}")
     out = Path(args.out).resolve()
     os.environ.setdefault("SSLSEG_WORK", str(out.parent))
-    rows = [demo_maskrcnn(out, args.maskrcnn_iters), demo_mmt_psm(out, args.mmt_psm_iters),
-            demo_unet(out, args.unet_epochs),
-            demo_dmd(out, args.dmd_iterations)]
-    header = ("method", "framework", "dataset", "metrics (held-out images)", "budget", "time")
-    table = [header] + [(r[0], r[1], r[2], _fmt_metrics(r[3]), r[5], f"{r[4]:.0f} s")
-                        for r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in table]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    print("\n" + "\n".join(lines))
+    os.environ.update(DETERMINISTIC_ENV)
+    rows = []
+    for name in chosen:
+        budget_arg, fn = ROWS[name]
+        method, framework, dataset, metrics, seconds, budget = fn(out, getattr(args, budget_arg))
+        rows.append({"row": name, "method": method, "framework": framework, "dataset": dataset,
+                     "metrics": metrics, "budget": budget, "seconds": round(seconds, 1)})
+    print("\n" + format_table(rows))
+    print("\nwall time: " + ", ".join(f"{r['row']} {r['seconds']:.0f} s" for r in rows))
     print("\nTrained from scratch on synthetic data for a short CPU budget: the figures show the "
           "pipelines work end to end, not what the methods reach; rows differ in trainer, loss "
           "and budget, so they are not a comparison of methods (see `make bench` for that).")
+    import torch  # after the runs: only to record the thread count they used
+
+    res = {"name": "demo", **provenance(REPO), "rows": rows,
+           "settings": {k: v for k, v in vars(args).items() if k not in ("out", "json")},
+           "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__}
+    write_json_atomic(res, Path(args.json), indent=2)
+    print(f"\n[demo] table written to {args.json} (publish: python tools/results_tables.py "
+          f"--publish demo)")
 
 
 if __name__ == "__main__":
