@@ -41,11 +41,9 @@ def data(tmp_path_factory):
 def _overrides(data, work: Path, task: str = "la", **extra) -> dict:
     """Tiny-run overrides shared by every command (paths under ``work``)."""
     dataset_dir, datalist = data[task]
-    return tiny_overrides(
-        dataset_dir, datalist, work,
-        patch_size=[32, 32, 16] if task == "la" else [64, 64],
-        labeled_batch_size=2, unlabeled_batch_size=2, epoch_length=2, **extra,
-    )
+    tiny = dict(patch_size=[32, 32, 16] if task == "la" else [64, 64],
+                labeled_batch_size=2, unlabeled_batch_size=2, epoch_length=2)
+    return {**tiny_overrides(dataset_dir, datalist, work, **tiny), **extra}
 
 
 def _run(config_files, overrides: dict, launcher=(sys.executable,)) -> str:
