@@ -58,8 +58,8 @@ def _provenance(res: dict, path: str) -> str:
 
 def _missing(name: str) -> str:
     make = "make demo" if name == "demo" else f"make bench ONLY={name}"
-    return (f"_`{name}`: not yet measured on the current code: run `{make}` then "
-            f"`python tools/results_tables.py --publish`._")
+    return (f"`{name}`: not yet measured on the current code: run `{make}` then "
+            f"`python tools/results_tables.py --publish`.")
 
 
 def validate_demo(res: dict) -> None:
@@ -127,7 +127,7 @@ def render_summary(results: Dict[str, Optional[dict]]) -> str:
     rows, missing = [], []
     for name, res in results.items():
         if res is None:
-            missing.append(_missing(name))
+            missing.append("- " + _missing(name))
             continue
         ours = ", ".join(f"{k} {_fmt(v)}" for k, v in res["metrics"].items())
         base = ", ".join(f"{k} {_fmt(v)}" for k, v in res["baseline_metrics"].items())
@@ -159,7 +159,7 @@ def render(name: str, published: Path, repo: Path = REPO) -> str:
         return render_summary({n: load(n, published) for n in benchmark_names(repo)})
     res = load(name, published)
     if res is None:
-        return _missing(name)
+        return f"_{_missing(name)}_"
     try:
         path = (published / f"{name}.json").resolve().relative_to(repo.resolve())
     except ValueError:
