@@ -4,7 +4,9 @@ Both frameworks already seed everything (Detectron2's ``SEED``, a bundle's ``see
 ``monai.utils.set_determinism``; samplers and loader workers from those seeds). What seeding
 leaves open is the choice of kernels: cuDNN autotuning and the GPU's atomic-add kernels, whose
 summation order changes from run to run. ``make demo`` sets the variable for its runs; set it for
-your own to get the same numbers twice on one machine (at some cost in GPU speed). On CPU the
+your own to get the same numbers twice on one machine (at some cost in GPU speed; on a GPU,
+ops without a deterministic kernel, such as torchvision's ROIAlign backward in Mask R-CNN, only
+warn and stay nondeterministic). On CPU the
 runs are deterministic for a fixed machine and thread count already; across machines (other CPU,
 other vector kernels, other thread count) they still differ, as floating-point sums do.
 
