@@ -137,10 +137,13 @@ def summary_line(res: Dict[str, Any]) -> str:
 
 
 def write_summary(results_dir: Path) -> Path:
-    """Rebuild ``summary.md`` from every ``*.json`` result in the folder (one line each)."""
+    """Rebuild ``summary.md`` from every benchmark ``*.json`` in the folder (one line each;
+    ``demo.json``, written by ``make demo`` to the same folder, is not a benchmark)."""
     results_dir = Path(results_dir)
     rows = []
     for p in sorted(results_dir.glob("*.json")):
+        if p.stem == "demo":
+            continue
         with open(p) as f:
             res = json.load(f)
         validate_result(res)

@@ -134,3 +134,12 @@ def test_repository_readmes_are_up_to_date():
     """The committed READMEs hold what docs/results/*.json renders to."""
     assert rt.markdown_files(REPO), "no README has a results marker"
     assert rt.main(["--check"]) == 0, "run `python tools/results_tables.py` and commit the READMEs"
+
+
+def test_bench_summary_skips_the_demo(tmp_path):
+    from sslseg.bench import write_summary
+
+    (tmp_path / "dmd_acdc.json").write_text(json.dumps(_bench("dmd_acdc")))
+    (tmp_path / "demo.json").write_text(json.dumps(_demo()))
+    rows = write_summary(tmp_path).read_text().splitlines()[2:]
+    assert len(rows) == 1 and rows[0].startswith("| dmd_acdc | DMD |")
