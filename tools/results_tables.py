@@ -114,9 +114,11 @@ def render_benchmark(res: dict, path: str) -> str:
             ["speed", "ours", "reference", "ratio", "target (ratio at most)", "unit"],
             [[k, s["ours"], s["reference"], s["ratio"], s["target"], s["unit"]]
              for k, s in res["speed"].items()])
+    # scalars and short lists (seeds, sizes); nested details and long lists stay in the JSON
     scalars = {k: v for k, v in res["budget"].items()
                if isinstance(v, (int, float, str, bool)) or (
-                   isinstance(v, list) and all(isinstance(x, (int, float, str)) for x in v))}
+                   isinstance(v, list) and len(v) <= 6
+                   and all(isinstance(x, (int, float, str)) for x in v))}
     budget = ", ".join(f"{k} {v}" for k, v in scalars.items())
     out += ["", f"Budget: {budget}; wall time {res['wall_s']:.0f} s, peak memory "
                 f"{res['peak_rss_mb']:.0f} MB."]
