@@ -132,3 +132,21 @@ def test_labeled_only_stream_draws_the_same_labeled_samples():
         for s, (ids, _, images, _) in zip(steps, _draw(both)):
             assert s["labeled"]["id"].tolist() == ids
             assert torch.equal(s["labeled"]["image"], images)
+
+
+def test_look_ahead_over_passes_draws_the_same_batches_as_plain_passes():
+    """With workers, the next pass starts while the last batch of a pass is in use; the batches
+    (samples and augmentations) equal those of plain back-to-back passes of the same loaders."""
+    looked_ahead = _draw(_loader(seed=5, num_workers=1, epoch_length=7))  # 4 labeled passes
+    plain = _loader(seed=5, num_workers=1, epoch_length=7)
+
+    def passes(dl, n):
+        out = []
+        while len(out) < n:
+            out += list(dl)
+        return out[:n]
+
+    lab, unl = passes(plain.labeled_loader, 7), passes(plain.unlabeled_loader, 7)
+    expected = [(a["id"].tolist(), b["id"].tolist(), a["image"], b["image"])
+                for a, b in zip(lab, unl)]
+    assert _same(looked_ahead, expected)

@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 from monai.data import DataLoader
 from monai.data.utils import set_rnd
 from monai.engines.utils import default_prepare_batch
-from torch.utils.data import DistributedSampler, RandomSampler
+from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler
 
 LABELED, UNLABELED = "labeled", "unlabeled"
 
@@ -70,22 +70,39 @@ class EpochTwoStreamLoader:
         return self.epoch_length
 
     @staticmethod
-    def _endless(loader) -> Iterator:
+    def _endless(loader, steps: int) -> Iterator:
+        """``steps`` batches of ``loader``, re-iterated as often as needed.
+
+        With worker processes (``num_workers > 0``) and a map-style dataset, the next pass's
+        iterator is started when the current pass hands out its last batch (and more steps
+        follow): its workers fork, seed and load their first batches while that batch is being
+        trained on, instead of the training loop waiting for them. Both passes draw from the
+        loader's generator (worker base seed, then the sampler's permutation) when their
+        iterator is created, so the draws and the batches are the same as without look-ahead.
+        """
+        ahead = getattr(loader, "num_workers", 0) > 0 and not isinstance(
+            getattr(loader, "dataset", None), IterableDataset)
+        size = len(loader) if ahead else None
+        given, current = 0, iter(loader)
         while True:
-            yielded = False
-            for batch in loader:
-                yielded = True
+            yielded, following = 0, None
+            for batch in current:
+                yielded += 1
+                given += 1
+                if ahead and yielded == size and given < steps:
+                    following = iter(loader)  # the next pass's workers start now
                 yield batch
             if not yielded:
                 raise RuntimeError(f"loader {loader!r} yielded no batch")
+            current = following if following is not None else iter(loader)
 
     def __iter__(self) -> Iterator[dict]:
-        labeled = self._endless(self.labeled_loader)
+        labeled = self._endless(self.labeled_loader, self.epoch_length)
         if self.unlabeled_loader is None:
             for _ in range(self.epoch_length):
                 yield {LABELED: next(labeled)}
             return
-        unlabeled = self._endless(self.unlabeled_loader)
+        unlabeled = self._endless(self.unlabeled_loader, self.epoch_length)
         for _ in range(self.epoch_length):
             yield {LABELED: next(labeled), UNLABELED: next(unlabeled)}
 
