@@ -94,15 +94,17 @@ def _bn_net(seed: int = 0) -> torch.nn.Module:
     return net.eval()
 
 
-def test_optimized_probability_net_matches_reference_and_follows_weight_updates():
-    """BatchNorm folding + channels-last: same windows' probabilities as the reference loop, no
-    BatchNorm left in the inference copy, and a weight update reaches the next evaluation."""
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compiled"])
+def test_optimized_probability_net_matches_reference_and_follows_weight_updates(compile_):
+    """BatchNorm folding + channels-last (+ inductor-frozen compilation): same windows'
+    probabilities as the reference loop, no BatchNorm left in the inference copy, and a weight
+    update reaches the next evaluation (frozen constants are rebuilt, not reused)."""
     roi, strides = (16, 16, 8), (6, 6, 4)
     net = _bn_net()
     image = np.random.default_rng(1).standard_normal((30, 26, 14)).astype(np.float32)
     inferer = SlidingWindowInferer(roi_size=roi, overlap=la_overlap(roi, strides), mode="constant",
-                                   progress=False)
-    fast = ProbabilityNet(net, optimize=True).eval()
+                                   sw_batch_size=4, progress=False)  # last batch smaller
+    fast = ProbabilityNet(net, optimize=True, compile=compile_).eval()
     with torch.no_grad():
         ours = inferer(torch.from_numpy(image)[None, None], fast)[0].numpy()
     np.testing.assert_allclose(ours, reference_sliding_window(net, image, roi, strides, 2),
@@ -117,3 +119,20 @@ def test_optimized_probability_net_matches_reference_and_follows_weight_updates(
     np.testing.assert_allclose(after, reference_sliding_window(net, image, roi, strides, 2),
                                atol=1e-5)
     assert np.abs(after - ours).max() > 1e-3
+
+
+def test_compiled_probability_net_falls_back_to_eager(monkeypatch):
+    """A compiler that fails (no C++ compiler, say) warns once and the eager copy answers."""
+    def broken(*args, **kwargs):
+        def fail(x):
+            raise RuntimeError("no compiler here")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    net, x = _bn_net(), torch.randn(2, 1, 8, 8, 8)
+    fast = ProbabilityNet(net, optimize=True, compile=True).eval()
+    with pytest.warns(UserWarning, match="no compiler here"):
+        out = fast(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out, torch.softmax(net(x), 1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fast(x), out)  # no second warning needed: eager from now on

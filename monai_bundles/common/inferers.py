@@ -11,6 +11,7 @@
 """
 import copy
 import itertools
+import warnings
 from typing import Any, Callable, Sequence, Tuple
 
 import torch
@@ -66,6 +67,34 @@ def _channels_last_module(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
+class _FrozenCompiled(torch.nn.Module):
+    """``torch.compile(module, dynamic=False)`` with inductor's ``freezing``, run under no_grad.
+
+    Freezing folds the parameters into the compiled graph as constants (so the module must not
+    change afterwards: :class:`ProbabilityNet` builds a new one per weight version) and lets
+    oneDNN pre-pack the convolution weights and fuse the following pointwise ops. Each input
+    shape compiles once (``dynamic=False``: a sliding window's last, smaller batch is its own
+    graph). Any failure of compilation (e.g. no C++ compiler) is logged once and the eager
+    module is used from then on; the outputs are the same within float rounding.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self._compiled = torch.compile(module, dynamic=False, options={"freezing": True})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self._compiled is not None:
+                try:
+                    return self._compiled(x)
+                except Exception as e:  # noqa: BLE001 - any compiler failure: run eagerly
+                    warnings.warn(f"ProbabilityNet(compile=True): torch.compile failed "
+                                  f"({type(e).__name__}: {e}); running the eager inference copy")
+                    self._compiled = None
+            return self.module(x)
+
+
 class ProbabilityNet(torch.nn.Module):
     """Probabilities of network 1, or the mean probabilities of all networks (``ensemble``).
 
@@ -79,13 +108,20 @@ class ProbabilityNet(torch.nn.Module):
             for the LA V-Net on CPU (``make bench ONLY=dmd_la``). The copy is rebuilt whenever
             the networks' parameters or buffers change (their version counters), so validation
             during training always sees the current weights.
+        compile: with ``optimize``, also ``torch.compile`` each inference copy with inductor's
+            freezing (:class:`_FrozenCompiled`: weights as constants, pre-packed, convolution +
+            ReLU/add fused): the LA V-Net window about 2.5x faster than eager on CPU, at a
+            one-off compilation of some seconds per weight version and input shape (so worth it
+            for 3D sliding windows, not for a few 2D slices). Falls back to the eager copy, with
+            a warning, where compilation fails (no C++ compiler, an unsupported op).
 
     ``forward(x)``: ``(B, C_in, *spatial)`` -> ``(B, C, *spatial)`` probabilities in [0, 1].
     The wrapped networks are registered as sub-modules, so ``eval()`` reaches them; only those
     used (the first, or all with ``ensemble``) are run.
     """
 
-    def __init__(self, networks: Any, ensemble: bool = False, optimize: bool = False) -> None:
+    def __init__(self, networks: Any, ensemble: bool = False, optimize: bool = False,
+                 compile: bool = False) -> None:
         super().__init__()
         nets = list(networks) if isinstance(networks, (list, tuple)) else [networks]
         if not nets:
@@ -93,6 +129,7 @@ class ProbabilityNet(torch.nn.Module):
         self.networks = torch.nn.ModuleList(nets)
         self.ensemble = bool(ensemble)
         self.optimize = bool(optimize)
+        self.compile = bool(compile)
         self._inference_copies: list = []  # plain list: not sub-modules, not in state_dict
         self._copied_versions = None
 
@@ -103,8 +140,8 @@ class ProbabilityNet(torch.nn.Module):
     def _inference_networks(self, used) -> list:
         versions = self._versions()
         if versions != self._copied_versions:
-            self._inference_copies = [_channels_last_module(fold_batchnorm(net))
-                                      for net in self.networks]
+            copies = [_channels_last_module(fold_batchnorm(net)) for net in self.networks]
+            self._inference_copies = [_FrozenCompiled(c) if self.compile else c for c in copies]
             self._copied_versions = versions
         return self._inference_copies[: len(used)]
 
