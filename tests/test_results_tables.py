@@ -37,7 +37,7 @@ def _demo():
     return {"name": "demo", "commit": COMMIT + "-dirty", "date": "2026-12-03T02:19:26Z",
             "rows": [{"row": "unet", "method": "UNet 2D", "framework": "MONAI bundle",
                       "dataset": "synthetic", "metrics": {"Dice %": 38.44, "HD95 vox": None},
-                      "budget": "60 epochs", "seconds": 38.0}]}
+                      "budget": "60 epochs", "seconds": 38.0}], "torch_threads": 2}
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_publish_renders_tables_with_commit_and_date(repo):
     assert "| `dmd_acdc`: DMD, acdc | dice 43.2 | dice 21.4 | step 2.00x | `0123456789`, " \
            "2026-12-03 |" in readme
     assert "`mmt_psm`: not yet measured" in readme
-    assert "commit `0123456789 (dirty)`" in readme
+    assert "commit `0123456789 (dirty)`" in readme and "2 torch threads." in readme
     assert "| UNet 2D | MONAI bundle | synthetic | Dice % 38.4, HD95 vox n/a | 60 epochs | 38 s |" \
            in readme
 

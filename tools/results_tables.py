@@ -150,7 +150,8 @@ def render_demo(res: dict, path: str) -> str:
              ", ".join(f"{k} {v:.1f}" if isinstance(v, (int, float)) else f"{k} n/a"
                        for k, v in r["metrics"].items()),
              r["budget"], f"{r['seconds']:.0f} s"] for r in res["rows"]]
-    out = [_provenance(res, path), ""]
+    threads = f" {res['torch_threads']} torch threads." if "torch_threads" in res else ""
+    out = [_provenance(res, path) + threads, ""]
     return "\n".join(out + _table(["method", "framework", "dataset", "metrics (held-out images)",
                                    "budget", "time"], rows))
 
