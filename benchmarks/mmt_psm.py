@@ -28,7 +28,10 @@ the trained MMT-PSM checkpoint. ours = MMT-PSM step / supervised step (1 labeled
 reference (floor) = [supervised step on the labeled + L student views + V_t teacher forwards
 (standard inference without gradient or post-processing, on as many RPN proposals as MMT-PSM's
 teacher classifies, ``PROPOSALS_PER_IMAGE``)] / supervised step. Target: ours within 15 % of the
-floor.
+floor. ``wall_vs_floor``: the training seconds MMT-PSM / supervised (the timed seed's two runs,
+everything a user waits for: data loading, hooks, checkpoints) against the same floor; the
+labeled-only burn-in steps are cheaper than the floor, so the default budget (burn-in = half the
+run) reads below 1 unless time is lost outside the step.
 """
 import json
 import statistics
@@ -278,5 +281,9 @@ def run(args):
         "baseline_metrics": baseline,
         "speed": {
             "step_vs_floor": speed_entry(s_ours / s_sup, s_floor / s_sup, 1.15, unit="x"),
+            # end to end: training seconds ratio (the timed seed's runs) against the same floor
+            "wall_vs_floor": speed_entry(first["train_seconds"]["mmt_psm"]
+                                         / first["train_seconds"]["supervised"],
+                                         s_floor / s_sup, 1.15, unit="x"),
         },
     }
