@@ -48,6 +48,8 @@ def run(args):
     for name, extra in (("supervised", ["train_supervised.json"]), ("dmd", [])):
         ckpt, evald = out / name / "models", out / name / "eval"
         run_cfg = {**common, "ckpt_dir": str(ckpt), "output_dir": str(evald)}
+        if name == "supervised":  # labeled stream only, as train_supervised.json sets it
+            run_cfg["unlabeled_batch_size"] = 0
         train_s[name] = bundle_run(["train.json", "train_acdc.json", *extra], run_cfg,
                                    out / f"{name}_train.log")
         bundle_run(["train.json", "train_acdc.json", *extra, "evaluate.json"],
