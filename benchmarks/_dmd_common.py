@@ -15,6 +15,7 @@ network on labeled + unlabeled) / (one network on labeled), both measured by ``s
 ``wall_vs_floor`` = (DMD training s / baseline training s) / that floor: above 1, DMD's run
 loses time outside the networks (data loading, handlers) that the baseline's does not.
 """
+
 import json
 import statistics
 import time
@@ -33,8 +34,9 @@ CONFIGS = REPO / "monai_bundles" / "dmd" / "configs"
 def bundle_run(configs, overrides: dict, log: Path) -> float:
     """``python -m monai.bundle run`` with ``configs`` (names in the dmd configs folder) and
     ``--key value`` overrides; output to ``log``; returns the wall time; raises on failure."""
-    return run_logged(bundle_run_command([CONFIGS / c for c in configs], overrides), log,
-                      cwd=REPO, tag="bench")
+    return run_logged(
+        bundle_run_command([CONFIGS / c for c in configs], overrides), log, cwd=REPO, tag="bench"
+    )
 
 
 def read_metrics(output_dir: Path, keys=("dice_mean", "jaccard_mean", "hd95_mean", "asd_mean")):
@@ -44,8 +46,9 @@ def read_metrics(output_dir: Path, keys=("dice_mean", "jaccard_mean", "hd95_mean
     missing = [k for k in keys if mean.get(k) is None]
     if missing:
         raise ValueError(f"{path}: mean metrics {missing} missing or NaN (an empty prediction?)")
-    return {k: (100.0 * mean[k] if k.startswith(("dice", "jaccard")) else float(mean[k]))
-            for k in keys}
+    return {
+        k: (100.0 * mean[k] if k.startswith(("dice", "jaccard")) else float(mean[k])) for k in keys
+    }
 
 
 class _IterTimer:
@@ -74,8 +77,12 @@ def wall_speed(train_s: dict, one_network_s: float, labeled_only_s: float, targe
     ``supervised``) against :func:`wall_floor`."""
     from sslseg.bench import speed_entry
 
-    return speed_entry(train_s["dmd"] / train_s["supervised"],
-                       wall_floor(one_network_s, labeled_only_s), target, unit="x")
+    return speed_entry(
+        train_s["dmd"] / train_s["supervised"],
+        wall_floor(one_network_s, labeled_only_s),
+        target,
+        unit="x",
+    )
 
 
 def step_times(make_net, images_l, label, images_u, sup_loss, rounds=2, steps=2):
@@ -107,21 +114,36 @@ def step_times(make_net, images_l, label, images_u, sup_loss, rounds=2, steps=2)
 
     def sup_run(batch, loss_function):
         opt1 = torch.optim.SGD(net1.parameters(), lr=1e-3, momentum=0.9)
-        sup = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, epoch_length=steps + 1,
-                                train_data_loader=[batch] * (steps + 1), network=net1,
-                                optimizer=opt1, loss_function=loss_function)
+        sup = SupervisedTrainer(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            epoch_length=steps + 1,
+            train_data_loader=[batch] * (steps + 1),
+            network=net1,
+            optimizer=opt1,
+            loss_function=loss_function,
+        )
         timer = _IterTimer(sup)
         sup.run()
         return timer.times[1:]
 
     dmd_t, sup_t, lab_t = [], [], []
     for _ in range(rounds):
-        opt = torch.optim.SGD(list(net1.parameters()) + list(net2.parameters()), lr=1e-3,
-                              momentum=0.9)
-        dmd = DMDTrainer(device=torch.device("cpu"), max_epochs=1, epoch_length=steps + 1,
-                         train_data_loader=[dmd_batch] * (steps + 1), network1=net1,
-                         network2=net2, optimizer=opt, sup_loss_function=sup_loss,
-                         distill_loss_function=DMDLoss(), lambda_distill=4.0)
+        opt = torch.optim.SGD(
+            list(net1.parameters()) + list(net2.parameters()), lr=1e-3, momentum=0.9
+        )
+        dmd = DMDTrainer(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            epoch_length=steps + 1,
+            train_data_loader=[dmd_batch] * (steps + 1),
+            network1=net1,
+            network2=net2,
+            optimizer=opt,
+            sup_loss_function=sup_loss,
+            distill_loss_function=DMDLoss(),
+            lambda_distill=4.0,
+        )
         timer = _IterTimer(dmd)
         dmd.run()
         dmd_t += timer.times[1:]

@@ -12,14 +12,14 @@ Speed: ``step_vs_floor`` = DMD step / one-network step on the same batch (floor 
 ``wall_vs_floor`` = the training-seconds ratio / its floor (``_dmd_common.wall_floor``: the
 baseline trains one network on the labeled half of the batch).
 """
+
 import torch
+from _dmd_common import bundle_run, read_metrics, step_times, wall_speed
 from monai.losses import DiceLoss
 
 from sslseg.bench import speed_entry
 from sslseg.datasets.datalists import make_acdc_datalist
 from sslseg.paths import data_root, work_dir
-
-from _dmd_common import bundle_run, read_metrics, step_times, wall_speed
 
 SEED = 1337
 
@@ -38,11 +38,17 @@ def run(args):
     out = work_dir("bench/dmd_acdc")
     datalist = make_acdc_datalist(root / "acdc", out / "acdc_3.json", labeled_patients=3)
     common = {
-        "dataset_dir": str(root / "acdc"), "datalist": str(datalist), "seed": SEED,
-        "patch_size": [args.size, args.size], "labeled_batch_size": args.batch,
-        "unlabeled_batch_size": args.batch, "max_iterations": args.iterations,
-        "epoch_length": min(250, args.iterations), "val_interval": 10 ** 6,  # no selection
-        "num_workers": 1, "lr_step": max(1, args.iterations * 2500 // 6000),
+        "dataset_dir": str(root / "acdc"),
+        "datalist": str(datalist),
+        "seed": SEED,
+        "patch_size": [args.size, args.size],
+        "labeled_batch_size": args.batch,
+        "unlabeled_batch_size": args.batch,
+        "max_iterations": args.iterations,
+        "epoch_length": min(250, args.iterations),
+        "val_interval": 10**6,  # no selection
+        "num_workers": 1,
+        "lr_step": max(1, args.iterations * 2500 // 6000),
     }
     results, train_s = {}, {}
     for name, extra in (("supervised", ["train_supervised.json"]), ("dmd", [])):
@@ -50,11 +56,14 @@ def run(args):
         run_cfg = {**common, "ckpt_dir": str(ckpt), "output_dir": str(evald)}
         if name == "supervised":  # labeled stream only, as train_supervised.json sets it
             run_cfg["unlabeled_batch_size"] = 0
-        train_s[name] = bundle_run(["train.json", "train_acdc.json", *extra], run_cfg,
-                                   out / f"{name}_train.log")
-        bundle_run(["train.json", "train_acdc.json", *extra, "evaluate.json"],
-                   {**run_cfg, "eval_checkpoint": str(ckpt / "checkpoint_final.pt")},
-                   out / f"{name}_eval.log")
+        train_s[name] = bundle_run(
+            ["train.json", "train_acdc.json", *extra], run_cfg, out / f"{name}_train.log"
+        )
+        bundle_run(
+            ["train.json", "train_acdc.json", *extra, "evaluate.json"],
+            {**run_cfg, "eval_checkpoint": str(ckpt / "checkpoint_final.pt")},
+            out / f"{name}_eval.log",
+        )
         results[name] = read_metrics(evald)
         print(f"[dmd_acdc] {name}: {results[name]} (training {train_s[name]:.0f} s)", flush=True)
 
@@ -62,22 +71,33 @@ def run(args):
 
     torch.manual_seed(SEED)
     b, s = args.batch, args.size
-    dmd_t, sup_t, lab_t = step_times(lambda: UNet2D(1, 4), torch.rand(b, 1, s, s),
-                                     torch.randint(0, 4, (b, 1, s, s)), torch.rand(b, 1, s, s),
-                                     DiceLoss(softmax=True, to_onehot_y=True), rounds=3, steps=3)
+    dmd_t, sup_t, lab_t = step_times(
+        lambda: UNet2D(1, 4),
+        torch.rand(b, 1, s, s),
+        torch.randint(0, 4, (b, 1, s, s)),
+        torch.rand(b, 1, s, s),
+        DiceLoss(softmax=True, to_onehot_y=True),
+        rounds=3,
+        steps=3,
+    )
     return {
         "method": "DMD (2 x UNet2D, Dice distillation, lambda 4, T 2)",
         "dataset": "acdc (3 labeled patients = 68 slices, 1244 unlabeled slices)",
         "split": "20 validation volumes (test volumes not shipped), final checkpoints",
-        "budget": {"iterations": args.iterations, "seed": SEED, "input": f"{s}x{s}",
-                   "batch": f"{b} labeled + {b} unlabeled (baseline: the same {b} labeled)",
-                   "seconds_train": {k: round(v, 1) for k, v in train_s.items()},
-                   "trained_from_scratch": "both networks, no pretrained weights",
-                   "iterations_per_s": {k: round(args.iterations / v, 3)
-                                        for k, v in train_s.items()}},
+        "budget": {
+            "iterations": args.iterations,
+            "seed": SEED,
+            "input": f"{s}x{s}",
+            "batch": f"{b} labeled + {b} unlabeled (baseline: the same {b} labeled)",
+            "seconds_train": {k: round(v, 1) for k, v in train_s.items()},
+            "trained_from_scratch": "both networks, no pretrained weights",
+            "iterations_per_s": {k: round(args.iterations / v, 3) for k, v in train_s.items()},
+        },
         "metrics": results["dmd"],
         "baseline_metrics": results["supervised"],
-        "speed": {"step_vs_floor": speed_entry(dmd_t / sup_t, 2.0, 1.10, unit="x"),
-                  "wall_vs_floor": wall_speed(train_s, sup_t, lab_t)},
+        "speed": {
+            "step_vs_floor": speed_entry(dmd_t / sup_t, 2.0, 1.10, unit="x"),
+            "wall_vs_floor": wall_speed(train_s, sup_t, lab_t),
+        },
         "step_seconds": {"dmd": dmd_t, "one_network": sup_t, "one_network_labeled": lab_t},
     }

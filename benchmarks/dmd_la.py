@@ -15,19 +15,19 @@ inductor's freezing) vs. the reference per-window loop
 reported, must be < 1e-5). The best of 2 runs each; the first run of ours includes compiling the
 network (``sliding_window.first_run_s``).
 """
+
 import time
 
 import h5py
 import numpy as np
 import torch
+from _dmd_common import bundle_run, read_metrics, step_times, wall_speed
 from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceLoss
 
 from sslseg.bench import speed_entry
 from sslseg.datasets.datalists import make_la_datalist
 from sslseg.paths import data_root, work_dir
-
-from _dmd_common import bundle_run, read_metrics, step_times, wall_speed
 
 SEED = 1337
 ROI, STRIDES = (112, 112, 80), (18, 18, 4)
@@ -45,8 +45,9 @@ def sliding_window_speed(net, volume_path):
 
     with h5py.File(volume_path, "r") as f:
         image = np.asarray(f["image"][...], dtype=np.float32)
-    inferer = SlidingWindowInferer(ROI, sw_batch_size=1, overlap=la_overlap(ROI, STRIDES),
-                                   mode="constant", progress=False)
+    inferer = SlidingWindowInferer(
+        ROI, sw_batch_size=1, overlap=la_overlap(ROI, STRIDES), mode="constant", progress=False
+    )
     fast = ProbabilityNet(net, optimize=True, compile=True).eval()
     ours_t, loop_t = [], []
     for _ in range(2):
@@ -69,9 +70,14 @@ def run(args):
     out = work_dir("bench/dmd_la")
     datalist = make_la_datalist(root / "la", out / "la_8.json", labeled=8)
     common = {
-        "dataset_dir": str(root / "la"), "datalist": str(datalist), "seed": SEED,
-        "max_iterations": args.iterations, "epoch_length": min(200, args.iterations),
-        "val_interval": 10 ** 6, "num_workers": 1, "sw_batch_size": 1,
+        "dataset_dir": str(root / "la"),
+        "datalist": str(datalist),
+        "seed": SEED,
+        "max_iterations": args.iterations,
+        "epoch_length": min(200, args.iterations),
+        "val_interval": 10**6,
+        "num_workers": 1,
+        "sw_batch_size": 1,
         "lr_step": max(1, args.iterations * 2500 // 6000),
     }
     results, train_s = {}, {}
@@ -79,9 +85,11 @@ def run(args):
         ckpt, evald = out / name / "models", out / name / "eval"
         run_cfg = {**common, "ckpt_dir": str(ckpt), "output_dir": str(evald)}
         train_s[name] = bundle_run(["train.json", *extra], run_cfg, out / f"{name}_train.log")
-        bundle_run(["train.json", *extra, "evaluate.json"],
-                   {**run_cfg, "eval_checkpoint": str(ckpt / "checkpoint_final.pt")},
-                   out / f"{name}_eval.log")
+        bundle_run(
+            ["train.json", *extra, "evaluate.json"],
+            {**run_cfg, "eval_checkpoint": str(ckpt / "checkpoint_final.pt")},
+            out / f"{name}_eval.log",
+        )
         results[name] = read_metrics(evald)
         print(f"[dmd_la] {name}: {results[name]} (training {train_s[name]:.0f} s)", flush=True)
 
@@ -90,23 +98,36 @@ def run(args):
     torch.manual_seed(SEED)
     net = VNet(n_channels=1, n_classes=1, has_dropout=True)
     sw_ours, sw_loop, sw_diff, shape, sw_first = sliding_window_speed(
-        net.eval(), sorted((root / "la").glob("2018LA_Seg_Training Set/*/mri_norm2.h5"))[0])
-    print(f"[dmd_la] sliding window {shape}: ours {sw_ours:.1f} s, loop {sw_loop:.1f} s, "
-          f"max |diff| {sw_diff:.2e}", flush=True)
+        net.eval(), sorted((root / "la").glob("2018LA_Seg_Training Set/*/mri_norm2.h5"))[0]
+    )
+    print(
+        f"[dmd_la] sliding window {shape}: ours {sw_ours:.1f} s, loop {sw_loop:.1f} s, "
+        f"max |diff| {sw_diff:.2e}",
+        flush=True,
+    )
     x = lambda: torch.rand(2, 1, *ROI)  # noqa: E731
-    dmd_t, sup_t, lab_t = step_times(lambda: VNet(1, 1, has_dropout=True), x(),
-                                     (torch.rand(2, 1, *ROI) > 0.8).float(), x(),
-                                     DiceLoss(sigmoid=True), rounds=2, steps=1)
+    dmd_t, sup_t, lab_t = step_times(
+        lambda: VNet(1, 1, has_dropout=True),
+        x(),
+        (torch.rand(2, 1, *ROI) > 0.8).float(),
+        x(),
+        DiceLoss(sigmoid=True),
+        rounds=2,
+        steps=1,
+    )
     return {
         "method": "DMD (2 x V-Net, Dice distillation, lambda 4, T 2)",
         "dataset": "la (8 labeled + 8 unlabeled shipped cases of train.list)",
         "split": "4 shipped test.list cases, final checkpoints, window 112x112x80, strides 18,18,4",
-        "budget": {"iterations": args.iterations, "seed": SEED, "patch": "112x112x80",
-                   "batch": "2 labeled + 2 unlabeled (baseline: the same 2 labeled)",
-                   "seconds_train": {k: round(v, 1) for k, v in train_s.items()},
-                   "iterations_per_s": {k: round(args.iterations / v, 4)
-                                        for k, v in train_s.items()},
-                   "trained_from_scratch": "both networks, no pretrained weights"},
+        "budget": {
+            "iterations": args.iterations,
+            "seed": SEED,
+            "patch": "112x112x80",
+            "batch": "2 labeled + 2 unlabeled (baseline: the same 2 labeled)",
+            "seconds_train": {k: round(v, 1) for k, v in train_s.items()},
+            "iterations_per_s": {k: round(args.iterations / v, 4) for k, v in train_s.items()},
+            "trained_from_scratch": "both networks, no pretrained weights",
+        },
         "metrics": results["dmd"],
         "baseline_metrics": results["supervised"],
         "speed": {
@@ -115,6 +136,9 @@ def run(args):
             "sliding_window_vs_loop": speed_entry(sw_ours, sw_loop, 0.5, unit="s"),
         },
         "step_seconds": {"dmd": dmd_t, "one_network": sup_t, "one_network_labeled": lab_t},
-        "sliding_window": {"volume_shape": list(shape), "max_abs_diff": sw_diff,
-                           "first_run_s": round(sw_first, 2)},
+        "sliding_window": {
+            "volume_shape": list(shape),
+            "max_abs_diff": sw_diff,
+            "first_run_s": round(sw_first, 2),
+        },
     }

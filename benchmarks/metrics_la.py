@@ -6,6 +6,7 @@ Both implementations score the same pairs; ``metrics`` are ours, ``baseline_metr
 (they must agree: that is the check), and ``speed.case_metrics_vs_medpy`` compares the time to
 compute Dice, Jaccard, HD95 and ASD for all cases (target: ours no slower, ratio <= 1.0).
 """
+
 import time
 from pathlib import Path
 
@@ -26,8 +27,10 @@ def add_arguments(parser):
 def _cases(root: Path, max_cases: int):
     files = sorted((root / "la" / "2018LA_Seg_Training Set").glob("*/mri_norm2.h5"))
     if not files:
-        raise FileNotFoundError(f"no LA cases under {root / 'la'}: expected "
-                                "'2018LA_Seg_Training Set/<case>/mri_norm2.h5'")
+        raise FileNotFoundError(
+            f"no LA cases under {root / 'la'}: expected "
+            "'2018LA_Seg_Training Set/<case>/mri_norm2.h5'"
+        )
     return files[:max_cases]
 
 
@@ -39,16 +42,24 @@ def _perturb(label: np.ndarray) -> np.ndarray:
 def _medpy(pred, gt):
     from medpy.metric import binary  # reference only: never imported by library code
 
-    return {"dice": 100 * binary.dc(pred, gt), "jaccard": 100 * binary.jc(pred, gt),
-            "hd95": binary.hd95(pred, gt), "asd": binary.asd(pred, gt)}
+    return {
+        "dice": 100 * binary.dc(pred, gt),
+        "jaccard": 100 * binary.jc(pred, gt),
+        "hd95": binary.hd95(pred, gt),
+        "asd": binary.asd(pred, gt),
+    }
 
 
 def _ours(pred, gt):
     from sslseg.metrics.semantic import compute_case_metrics
 
     m = compute_case_metrics(pred, gt, num_classes=2)
-    return {"dice": 100 * m["dice_1"], "jaccard": 100 * m["jaccard_1"], "hd95": m["hd95_1"],
-            "asd": m["asd_1"]}
+    return {
+        "dice": 100 * m["dice_1"],
+        "jaccard": 100 * m["jaccard_1"],
+        "hd95": m["hd95_1"],
+        "asd": m["asd_1"],
+    }
 
 
 def run(args):
@@ -66,15 +77,21 @@ def run(args):
         timings[name] = time.perf_counter() - t0
         values[name] = {k: float(np.mean([r[k] for r in rows[name]])) for k in rows[name][0]}
         print(f"[metrics_la] {name}: {values[name]} in {timings[name]:.2f} s")
-    worst = {k: float(max(abs(a[k] - b[k]) for a, b in zip(rows["ours"], rows["medpy"])))
-             for k in values["ours"]}
+    worst = {
+        k: float(max(abs(a[k] - b[k]) for a, b in zip(rows["ours"], rows["medpy"])))
+        for k in values["ours"]
+    }
     print(f"[metrics_la] largest per-case |ours - medpy|: {worst}")
     return {
         "method": "sslseg.metrics.semantic (Dice, Jaccard, HD95, ASD)",
         "dataset": "la (2018 Left Atrium, shipped cases)",
         "split": f"{len(pairs)} cases, label vs. label shifted {SHIFT} and eroded once",
-        "budget": {"cases": len(pairs), "seed": None, "trained": "nothing (metric benchmark)",
-                   "reference": "medpy 0.5.2 medpy.metric.binary"},
+        "budget": {
+            "cases": len(pairs),
+            "seed": None,
+            "trained": "nothing (metric benchmark)",
+            "reference": "medpy 0.5.2 medpy.metric.binary",
+        },
         "metrics": values["ours"],
         "baseline_metrics": values["medpy"],
         "max_abs_diff_per_case": worst,

@@ -33,6 +33,7 @@ everything a user waits for: data loading, hooks, checkpoints) against the same 
 labeled-only burn-in steps are cheaper than the floor, so the default budget (burn-in = half the
 run) reads below 1 unless time is lost outside the step.
 """
+
 import json
 import statistics
 import sys
@@ -51,10 +52,22 @@ PAPER_ITERS = 8000
 
 # CPU-budget model: as configs/mmt_psm/synthetic_cells_demo.yaml.
 SMALL_MODEL = [
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    "MODEL.FPN.OUT_CHANNELS", "128", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "500",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.ROI_BOX_HEAD.CONV_DIM", "128",
-    "MODEL.ROI_MASK_HEAD.CONV_DIM", "128", "MODEL.MMT_PSM.PROPOSALS_PER_IMAGE", "128",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.FPN.OUT_CHANNELS",
+    "128",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "500",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "128",
+    "MODEL.ROI_BOX_HEAD.CONV_DIM",
+    "128",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    "128",
+    "MODEL.MMT_PSM.PROPOSALS_PER_IMAGE",
+    "128",
 ]
 
 
@@ -65,8 +78,13 @@ def add_arguments(parser):
     parser.add_argument("--labeled-per-step", type=int, default=1)
     parser.add_argument("--timing-rounds", type=int, default=3)
     parser.add_argument("--paper", action="store_true", help="R-50, 512 px, 2+2, 8000 iterations")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="train both models once per seed; metrics are the means")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="train both models once per seed; metrics are the means",
+    )
 
 
 def _schedule(iters: int, burn_in_frac: float):
@@ -75,12 +93,24 @@ def _schedule(iters: int, burn_in_frac: float):
     burn_in = int(round(burn_in_frac * iters))
     ramp = max(25, int(round(250 * s)))
     return [
-        "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(5000 * s)}, {int(7000 * s)})",
-        "SOLVER.WARMUP_ITERS", str(max(10, int(1000 * s))),
-        "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", "0",
-        "MODEL.MMT_PSM.BURN_IN_ITERS", str(burn_in),
-        "MODEL.MMT_PSM.EMA_START_ITER", str(burn_in - 10),
-        "MODEL.MMT_PSM.RAMP_UP_ITERS", str(ramp), "MODEL.MMT_PSM.RAMP_DOWN_ITERS", str(ramp),
+        "SOLVER.MAX_ITER",
+        str(iters),
+        "SOLVER.STEPS",
+        f"({int(5000 * s)}, {int(7000 * s)})",
+        "SOLVER.WARMUP_ITERS",
+        str(max(10, int(1000 * s))),
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(iters),
+        "TEST.EVAL_PERIOD",
+        "0",
+        "MODEL.MMT_PSM.BURN_IN_ITERS",
+        str(burn_in),
+        "MODEL.MMT_PSM.EMA_START_ITER",
+        str(burn_in - 10),
+        "MODEL.MMT_PSM.RAMP_UP_ITERS",
+        str(ramp),
+        "MODEL.MMT_PSM.RAMP_DOWN_ITERS",
+        str(ramp),
     ]
 
 
@@ -89,15 +119,33 @@ def _overrides(args):
     if args.paper:
         return []
     size = str(args.size)
-    return SMALL_MODEL + _schedule(args.iterations, args.burn_in_frac) + [
-        "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", size,
-        "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size,
-    ]
+    return (
+        SMALL_MODEL
+        + _schedule(args.iterations, args.burn_in_frac)
+        + [
+            "INPUT.MIN_SIZE_TRAIN",
+            f"({size},)",
+            "INPUT.MAX_SIZE_TRAIN",
+            size,
+            "INPUT.MIN_SIZE_TEST",
+            size,
+            "INPUT.MAX_SIZE_TEST",
+            size,
+        ]
+    )
 
 
 def _train(config: Path, out: Path, opts, log: Path, extra_args=()) -> float:
-    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(config),
-           *extra_args, *opts, "OUTPUT_DIR", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "train_net.py"),
+        "--config-file",
+        str(config),
+        *extra_args,
+        *opts,
+        "OUTPUT_DIR",
+        str(out),
+    ]
     return run_logged(cmd, log, cwd=REPO, tag="bench")
 
 
@@ -106,8 +154,10 @@ def _metrics(path: Path):
     res = json.loads(path.read_text())
     segm, cells = res["segm"], res["cells"]
     out = {
-        "aji_cyto": cells["AJI-cytoplasm"], "aji_nuc": cells["AJI-nuclei"],
-        "map_cyto": segm["AP-cytoplasm"], "map_nuc": segm["AP-nuclei"],
+        "aji_cyto": cells["AJI-cytoplasm"],
+        "aji_nuc": cells["AJI-nuclei"],
+        "map_cyto": segm["AP-cytoplasm"],
+        "map_nuc": segm["AP-nuclei"],
         "aji_matched_cyto": cells["AJI-matched-cytoplasm"],
         "aji_matched_nuc": cells["AJI-matched-nuclei"],
     }
@@ -118,8 +168,9 @@ def _metrics(path: Path):
     return out, res.get("evaluated_model", "model")
 
 
-def step_times(cfg, weights: Path, labeled_per_step: int, rounds: int, steps: int = 2,
-               seed: int = 0):
+def step_times(
+    cfg, weights: Path, labeled_per_step: int, rounds: int, steps: int = 2, seed: int = 0
+):
     """Median step seconds: (MMT-PSM, supervised, floor), alternating rounds, same batch."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import DatasetCatalog, DatasetMapper
@@ -136,13 +187,19 @@ def step_times(cfg, weights: Path, labeled_per_step: int, rounds: int, steps: in
     model.train()
     model.unsup_weight = 1.0
     labeled_mapper, view_mapper = DatasetMapper(cfg, True), KViewMapper(cfg)
-    labeled = [labeled_mapper(d) for d in
-               DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:labeled_per_step]]
-    unl = [view_mapper(d) for d in
-           DatasetCatalog.get(cfg.DATASETS.TRAIN_UNLABELED[0])[:labeled_per_step]]
+    labeled = [
+        labeled_mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:labeled_per_step]
+    ]
+    unl = [
+        view_mapper(d)
+        for d in DatasetCatalog.get(cfg.DATASETS.TRAIN_UNLABELED[0])[:labeled_per_step]
+    ]
     # the student's unlabeled views as if labeled (same size): the floor's student images
-    extra = [dict(labeled[i % len(labeled)], image=v) for i, d in enumerate(unl)
-             for v in d["student_views"]]
+    extra = [
+        dict(labeled[i % len(labeled)], image=v)
+        for i, d in enumerate(unl)
+        for v in d["student_views"]
+    ]
     teacher_inputs = [{"image": v} for d in unl for v in d["teacher_views"]]
     opt = build_optimizer(cfg, model)
     # the floor's teacher forward: a standard inference on as many proposals as MMT-PSM's teacher
@@ -192,25 +249,34 @@ def _train_seed(out: Path, opts, labeled_per_step: int, seed: int) -> dict:
     batch = ["SOLVER.IMS_PER_BATCH"]
     mmt_opts = opts + batch + [str(2 * labeled_per_step)]
     sup_opts = opts + batch + [str(labeled_per_step)]
-    t_sup = _train(CONFIGS / "supervised_isbi2014_20pct.yaml", out / "supervised", sup_opts,
-                   out / "supervised.log")
-    t_mmt = _train(CONFIGS / "isbi2014_20pct.yaml", out / "mmt_psm", mmt_opts,
-                   out / "mmt_psm.log")
+    t_sup = _train(
+        CONFIGS / "supervised_isbi2014_20pct.yaml",
+        out / "supervised",
+        sup_opts,
+        out / "supervised.log",
+    )
+    t_mmt = _train(CONFIGS / "isbi2014_20pct.yaml", out / "mmt_psm", mmt_opts, out / "mmt_psm.log")
     baseline, _ = _metrics(out / "supervised" / "final_metrics.json")
     ours, evaluated = _metrics(out / "mmt_psm" / "final_metrics.json")
     assert evaluated == "teacher", f"MMT-PSM evaluated the {evaluated}, expected the teacher"
     weights = out / "mmt_psm" / "model_final.pth"
     t_eval_student = _train(
-        CONFIGS / "isbi2014_20pct.yaml", out / "mmt_psm_student",
+        CONFIGS / "isbi2014_20pct.yaml",
+        out / "mmt_psm_student",
         mmt_opts + ["MODEL.WEIGHTS", str(weights), "MODEL.MMT_PSM.EVAL_MODEL", "student"],
-        out / "mmt_psm_student.log", extra_args=["--eval-only"],
+        out / "mmt_psm_student.log",
+        extra_args=["--eval-only"],
     )
     student, evaluated = _metrics(out / "mmt_psm_student" / "final_metrics.json")
     assert evaluated == "student", f"expected the student to be evaluated, got {evaluated}"
     return {
-        "mmt_psm": ours, "supervised": baseline, "mmt_psm_student": student,
+        "mmt_psm": ours,
+        "supervised": baseline,
+        "mmt_psm_student": student,
         "train_seconds": {"supervised": t_sup, "mmt_psm": t_mmt},
-        "student_eval_seconds": t_eval_student, "weights": weights, "mmt_opts": mmt_opts,
+        "student_eval_seconds": t_eval_student,
+        "weights": weights,
+        "mmt_opts": mmt_opts,
     }
 
 
@@ -232,8 +298,10 @@ def run(args):
     opts = _overrides(args)
     seeds = list(dict.fromkeys(args.seeds))
     # seed 0 keeps the folder layout of a one-seed run; other seeds go to seed<k>/
-    runs = [_train_seed(out if i == 0 else out / f"seed{seed}", opts, args.labeled_per_step,
-                        seed) for i, seed in enumerate(seeds)]
+    runs = [
+        _train_seed(out if i == 0 else out / f"seed{seed}", opts, args.labeled_per_step, seed)
+        for i, seed in enumerate(seeds)
+    ]
     ours, ours_std = _mean_std(runs, "mmt_psm")
     baseline, baseline_std = _mean_std(runs, "supervised")
     student, _ = _mean_std(runs, "mmt_psm_student")
@@ -244,13 +312,23 @@ def run(args):
     first = runs[0]
     cfg = build_cfg(CONFIGS / "isbi2014_20pct.yaml", first["mmt_opts"] + ["MODEL.DEVICE", "cpu"])
     set_data_root(str(root))
-    s_ours, s_sup, s_floor = step_times(cfg, first["weights"], args.labeled_per_step,
-                                        args.timing_rounds, seed=seeds[0])
-    views_t = cfg.MODEL.MMT_PSM.NUM_TEACHER_VIEWS * (2 if cfg.MODEL.MMT_PSM.TEACHER_VIEW_FLIP
-                                                     else 1)
+    s_ours, s_sup, s_floor = step_times(
+        cfg, first["weights"], args.labeled_per_step, args.timing_rounds, seed=seeds[0]
+    )
+    views_t = cfg.MODEL.MMT_PSM.NUM_TEACHER_VIEWS * (
+        2 if cfg.MODEL.MMT_PSM.TEACHER_VIEW_FLIP else 1
+    )
     per_seed = {
-        str(seed): {k: r[k] for k in ("mmt_psm", "supervised", "mmt_psm_student",
-                                      "train_seconds", "student_eval_seconds")}
+        str(seed): {
+            k: r[k]
+            for k in (
+                "mmt_psm",
+                "supervised",
+                "mmt_psm_student",
+                "train_seconds",
+                "student_eval_seconds",
+            )
+        }
         for seed, r in zip(seeds, runs)
     }
     return {
@@ -260,8 +338,9 @@ def run(args):
         "budget": {
             "trained_from_scratch": True,
             "iterations": args.iterations,
-            "burn_in_iterations": None if args.paper else int(round(args.burn_in_frac
-                                                                    * args.iterations)),
+            "burn_in_iterations": (
+                None if args.paper else int(round(args.burn_in_frac * args.iterations))
+            ),
             "image_size": args.size,
             "labeled_per_step": args.labeled_per_step,
             "unlabeled_per_step": args.labeled_per_step,
@@ -270,20 +349,29 @@ def run(args):
             "seeds": seeds,
             "overrides": opts,
             "mmt_psm_student_metrics": student,
-            "evaluated": ("final checkpoints; MMT-PSM: teacher (student in "
-                          "mmt_psm_student_metrics); metrics = mean over seeds"),
+            "evaluated": (
+                "final checkpoints; MMT-PSM: teacher (student in "
+                "mmt_psm_student_metrics); metrics = mean over seeds"
+            ),
             "per_seed": per_seed,
             "seed_std": {"mmt_psm": ours_std, "supervised": baseline_std},
-            "step_seconds": {"mmt_psm": s_ours, "supervised": s_sup, "floor": s_floor,
-                             "measured_on_seed": seeds[0]},
+            "step_seconds": {
+                "mmt_psm": s_ours,
+                "supervised": s_sup,
+                "floor": s_floor,
+                "measured_on_seed": seeds[0],
+            },
         },
         "metrics": ours,
         "baseline_metrics": baseline,
         "speed": {
             "step_vs_floor": speed_entry(s_ours / s_sup, s_floor / s_sup, 1.15, unit="x"),
             # end to end: training seconds ratio (the timed seed's runs) against the same floor
-            "wall_vs_floor": speed_entry(first["train_seconds"]["mmt_psm"]
-                                         / first["train_seconds"]["supervised"],
-                                         s_floor / s_sup, 1.15, unit="x"),
+            "wall_vs_floor": speed_entry(
+                first["train_seconds"]["mmt_psm"] / first["train_seconds"]["supervised"],
+                s_floor / s_sup,
+                1.15,
+                unit="x",
+            ),
         },
     }

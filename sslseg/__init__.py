@@ -13,6 +13,7 @@
 - :mod:`sslseg.bench`: the benchmark result schema (commit, date), ``results/summary.md``.
 - :mod:`sslseg.proc`: ``run_logged``, subprocess runs with a log file (demo, benchmarks).
 """
+
 from .determinism import apply_env as _apply_env
 
 _apply_env()

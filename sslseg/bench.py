@@ -24,6 +24,7 @@ Schema (every key required)::
 The harness adds ``commit`` and ``date`` too (:func:`provenance`). Published results are copied to
 ``docs/results/`` and rendered into the READMEs by ``tools/results_tables.py``.
 """
+
 import datetime
 import json
 import math
@@ -33,9 +34,20 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict
 
-
-REQUIRED = ("name", "method", "dataset", "split", "budget", "metrics", "baseline_metrics",
-            "wall_s", "peak_rss_mb", "speed", "commit", "date")
+REQUIRED = (
+    "name",
+    "method",
+    "dataset",
+    "split",
+    "budget",
+    "metrics",
+    "baseline_metrics",
+    "wall_s",
+    "peak_rss_mb",
+    "speed",
+    "commit",
+    "date",
+)
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 SPEED_KEYS = ("ours", "reference", "ratio", "target", "unit")
 
@@ -43,8 +55,13 @@ SPEED_KEYS = ("ours", "reference", "ratio", "target", "unit")
 def speed_entry(ours: float, reference: float, target: float, unit: str = "s") -> Dict[str, Any]:
     """One named speed comparison; ratio = ours / reference."""
     assert reference > 0, f"reference must be positive, got {reference}"
-    return {"ours": float(ours), "reference": float(reference),
-            "ratio": float(ours) / float(reference), "target": float(target), "unit": unit}
+    return {
+        "ours": float(ours),
+        "reference": float(reference),
+        "ratio": float(ours) / float(reference),
+        "target": float(target),
+        "unit": unit,
+    }
 
 
 def validate_result(res: Dict[str, Any]) -> None:
@@ -57,29 +74,35 @@ def validate_result(res: Dict[str, Any]) -> None:
             ):
                 errors.append(f"'{key}' must be a flat dict of metric name -> number")
         if set(res["metrics"]) != set(res["baseline_metrics"]):
-            errors.append(f"metrics and baseline_metrics keys differ: {sorted(res['metrics'])} vs "
-                          f"{sorted(res['baseline_metrics'])}")
+            errors.append(
+                f"metrics and baseline_metrics keys differ: {sorted(res['metrics'])} vs "
+                f"{sorted(res['baseline_metrics'])}"
+            )
         if not isinstance(res["budget"], dict):
             errors.append("'budget' must be a dict")
         for sname, s in (res["speed"] or {}).items():
             miss = [k for k in SPEED_KEYS if k not in s]
             if miss:
                 errors.append(f"speed '{sname}' lacks {miss}")
-            elif s["reference"] and not math.isclose(s["ratio"], s["ours"] / s["reference"],
-                                                     rel_tol=1e-6):
+            elif s["reference"] and not math.isclose(
+                s["ratio"], s["ours"] / s["reference"], rel_tol=1e-6
+            ):
                 errors.append(f"speed '{sname}': ratio {s['ratio']} != ours/reference")
         errors += provenance_errors(res)
     if errors:
-        raise ValueError(f"benchmark result '{res.get('name', '?')}' breaks the schema: "
-                         + "; ".join(errors))
+        raise ValueError(
+            f"benchmark result '{res.get('name', '?')}' breaks the schema: " + "; ".join(errors)
+        )
 
 
 def git_commit(repo: Path) -> str:
     """``git rev-parse HEAD`` of ``repo``, plus "-dirty" when tracked files differ from it;
     "unknown" when ``repo`` is not a git checkout or git is missing."""
+
     def git(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     try:
         head = git("rev-parse", "HEAD")
@@ -105,11 +128,14 @@ def provenance_errors(res: Dict[str, Any]) -> list:
     errors = []
     commit = res.get("commit")
     if not (isinstance(commit, str) and re.fullmatch(r"([0-9a-f]{40}(-dirty)?|unknown)", commit)):
-        errors.append(f"'commit' must be a 40-hex git commit (optionally '-dirty') or 'unknown', "
-                      f"got {commit!r}")
+        errors.append(
+            f"'commit' must be a 40-hex git commit (optionally '-dirty') or 'unknown', "
+            f"got {commit!r}"
+        )
     if not (isinstance(res.get("date"), str) and DATE_RE.match(res["date"])):
-        errors.append(f"'date' must be UTC ISO 8601 like 2026-12-03T02:19:26Z, "
-                      f"got {res.get('date')!r}")
+        errors.append(
+            f"'date' must be UTC ISO 8601 like 2026-12-03T02:19:26Z, " f"got {res.get('date')!r}"
+        )
     return errors
 
 
@@ -131,9 +157,12 @@ def summary_line(res: Dict[str, Any]) -> str:
     speed = ", ".join(
         f"{k} {s['ratio']:.3f} (target {s['target']:g}, "
         f"{'met' if s['ratio'] <= s['target'] else 'NOT met'})"
-        for k, s in res["speed"].items())
-    return (f"| {res['name']} | {res['method']} | {res['dataset']} ({res['split']}) | {ours} | "
-            f"{base} | {speed} | {res['wall_s']:.0f} s |")
+        for k, s in res["speed"].items()
+    )
+    return (
+        f"| {res['name']} | {res['method']} | {res['dataset']} ({res['split']}) | {ours} | "
+        f"{base} | {speed} | {res['wall_s']:.0f} s |"
+    )
 
 
 def write_summary(results_dir: Path) -> Path:
@@ -148,8 +177,10 @@ def write_summary(results_dir: Path) -> Path:
             res = json.load(f)
         validate_result(res)
         rows.append(summary_line(res))
-    text = ("| benchmark | method | dataset | ours | baseline | speed ratio | wall |\n"
-            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    text = (
+        "| benchmark | method | dataset | ours | baseline | speed ratio | wall |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
     out = results_dir / "summary.md"
     out.write_text(text)
     return out

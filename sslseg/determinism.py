@@ -13,6 +13,7 @@ other vector kernels, other thread count) they still differ, as floating-point s
 ``import sslseg`` (which ``d2ext`` and ``monai_bundles`` do) applies the variable, so every entry
 point honours it without a flag of its own.
 """
+
 import os
 
 ENV = "SSLSEG_DETERMINISTIC"

@@ -4,6 +4,7 @@
 A file appears under its final name only once complete (temp file in the same folder, flushed and
 fsynced, then ``os.replace``), so an interrupted run never leaves a truncated file behind.
 """
+
 import contextlib
 import json
 import os

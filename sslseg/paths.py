@@ -5,6 +5,7 @@ Resolution order: an explicit argument (a config key such as ``DATASETS.DATA_ROO
 repository (the layout CI uses). Derived files (converted COCO json, datalists, synthetic data) go
 under the work directory: ``SSLSEG_WORK`` or ``<repo>/work``.
 """
+
 import os
 from pathlib import Path
 from typing import Optional

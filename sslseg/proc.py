@@ -1,5 +1,5 @@
-"""``run_logged``: run a command with its output in a log file, failing loudly (demo, benchmarks).
-"""
+"""``run_logged``: run a command with its output in a log file, failing loudly (demo, bench)."""
+
 import os
 import subprocess
 import time
@@ -26,11 +26,17 @@ def run_logged(
     print(f"[{tag}] $ {' '.join(cmd)}\n[{tag}]   (log: {log})", flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        rc = subprocess.call(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+        rc = subprocess.call(
+            cmd,
+            cwd=cwd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+        )
     dt = time.perf_counter() - t0
     if rc != 0:
         tail = "".join(open(log).readlines()[-tail_lines:])
-        raise CommandFailed(f"[{tag}] command failed (exit {rc}) after {dt:.0f} s; end of {log}:"
-                            f"\n{tail}")
+        raise CommandFailed(
+            f"[{tag}] command failed (exit {rc}) after {dt:.0f} s; end of {log}:" f"\n{tail}"
+        )
     return dt

@@ -7,6 +7,7 @@ torch (CPU and, when present, CUDA) random streams where the checkpoint left the
 are tensors, ints, floats and strings, so MONAI's ``CheckpointLoader``
 (``torch.load(..., weights_only=True)``) accepts them.
 """
+
 from __future__ import annotations
 
 import random

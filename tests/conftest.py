@@ -4,6 +4,7 @@
 fails loudly with the log's tail; ``tiny_overrides`` holds the overrides every tiny bundle run
 shares (synthetic data, one epoch, outputs under the test's folder).
 """
+
 import os
 import subprocess
 import sys

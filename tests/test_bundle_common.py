@@ -136,15 +136,21 @@ def test_datalist_split_in_memory_and_inference_items(tmp_path):
     (tmp_path / "a").mkdir()
     for name in ("a/x.h5", "y.h5", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    content = {"labeled": [{"image": "y.h5", "label": "y.h5"}], "test": [{"image": "a/x.h5"}],
-               "description": "hand-made"}
+    content = {
+        "labeled": [{"image": "y.h5", "label": "y.h5"}],
+        "test": [{"image": "a/x.h5"}],
+        "description": "hand-made",
+    }
     (tmp_path / "dl.json").write_text(json.dumps(content))
     assert datalist_split(content, "labeled", str(tmp_path)) == datalist_split(
-        str(tmp_path / "dl.json"), "labeled", str(tmp_path))
+        str(tmp_path / "dl.json"), "labeled", str(tmp_path)
+    )
     with pytest.raises(KeyError, match="in-memory datalist: hand-made"):
         datalist_split(content, "validation", str(tmp_path))
     assert inference_items(content, "test", str(tmp_path)) == [{"image": str(tmp_path / "a/x.h5")}]
     assert inference_items(str(tmp_path), "unused", "unused") == [
-        {"image": str(tmp_path / "a" / "x.h5")}, {"image": str(tmp_path / "y.h5")}]
+        {"image": str(tmp_path / "a" / "x.h5")},
+        {"image": str(tmp_path / "y.h5")},
+    ]
     with pytest.raises(FileNotFoundError, match="no \\*.nii.gz file"):
         inference_items(str(tmp_path / "a"), "test", "", pattern="*.nii.gz")

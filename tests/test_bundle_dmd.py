@@ -23,8 +23,15 @@ from sslseg.paths import data_root
 CONFIGS = BUNDLES / "dmd" / "configs"
 TRAIN, ACDC, SUPERVISED, EVALUATE, INFER, INFER_ACDC, MULTI_GPU = (
     str(CONFIGS / f"{n}.json")
-    for n in ("train", "train_acdc", "train_supervised", "evaluate", "inference",
-              "inference_acdc", "multi_gpu_train")
+    for n in (
+        "train",
+        "train_acdc",
+        "train_supervised",
+        "evaluate",
+        "inference",
+        "inference_acdc",
+        "multi_gpu_train",
+    )
 )
 LOGGING = str(CONFIGS / "logging.conf")
 
@@ -41,8 +48,12 @@ def data(tmp_path_factory):
 def _overrides(data, work: Path, task: str = "la", **extra) -> dict:
     """Tiny-run overrides shared by every command (paths under ``work``)."""
     dataset_dir, datalist = data[task]
-    tiny = dict(patch_size=[32, 32, 16] if task == "la" else [64, 64],
-                labeled_batch_size=2, unlabeled_batch_size=2, epoch_length=2)
+    tiny = dict(
+        patch_size=[32, 32, 16] if task == "la" else [64, 64],
+        labeled_batch_size=2,
+        unlabeled_batch_size=2,
+        epoch_length=2,
+    )
     return {**tiny_overrides(dataset_dir, datalist, work, **tiny), **extra}
 
 
@@ -93,8 +104,9 @@ def test_train_la_writes_two_network_checkpoint(trained_la):
     net = VNet(n_channels=1, n_classes=1, has_dropout=True)
     net.load_state_dict(state["net1"])  # strict: the bundle's V-Net, no DDP prefix
     net.load_state_dict(state["net2"])
-    assert not torch.equal(state["net1"]["out_conv.weight"], state["net2"]["out_conv.weight"]), \
-        "the two networks must start from different initialisations"
+    assert not torch.equal(
+        state["net1"]["out_conv.weight"], state["net2"]["out_conv.weight"]
+    ), "the two networks must start from different initialisations"
     assert state["trainer"]["iteration"] == 2
     assert set(_load(trained_la["work"] / "models" / "model.pt")) == {"net1", "net2"}
 
@@ -151,10 +163,16 @@ def test_resume_continues_the_same_run(data, tmp_path):
     _run([TRAIN], _overrides(data, tmp_path / "straight", max_epochs=2, **common))
     _run([TRAIN], _overrides(data, tmp_path / "first", max_epochs=1, **common))
     resumed_dir = tmp_path / "resumed"
-    log = _run([TRAIN], _overrides(
-        data, resumed_dir, max_epochs=2,
-        resume_from=str(tmp_path / "first" / "models" / "checkpoint_final.pt"), **common
-    ))
+    log = _run(
+        [TRAIN],
+        _overrides(
+            data,
+            resumed_dir,
+            max_epochs=2,
+            resume_from=str(tmp_path / "first" / "models" / "checkpoint_final.pt"),
+            **common,
+        ),
+    )
     assert "Epoch: 1/2" not in log, "the resumed run must start at epoch 2"
     straight = _load(tmp_path / "straight" / "models" / "checkpoint_final.pt")
     resumed = _load(resumed_dir / "models" / "checkpoint_final.pt")
@@ -172,25 +190,43 @@ def test_multi_gpu_train_runs_with_torchrun_gloo(data, tmp_path):
     datalist = json.loads(Path(data["la"][1]).read_text())
     datalist["validation"] *= 2
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    overrides = _overrides(data, tmp_path, datalist=str(tmp_path / "datalist.json"),
-                           labeled_batch_size=1, unlabeled_batch_size=1)
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--standalone")
+    overrides = _overrides(
+        data,
+        tmp_path,
+        datalist=str(tmp_path / "datalist.json"),
+        labeled_batch_size=1,
+        unlabeled_batch_size=1,
+    )
+    launcher = (
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+    )
     log = _run([TRAIN, MULTI_GPU], overrides, launcher=launcher)
     assert "val_mean_dice" in log
     state = _load(tmp_path / "models" / "checkpoint_final.pt")
     VNet(has_dropout=True).load_state_dict(state["net1"])  # saved without the DDP "module."
 
 
-@pytest.mark.skipif(data_root() is None, reason="real data root absent (set SSLSEG_DATA or put "
-                    "the data at ../shared/data): bare-command defaults need it")
-@pytest.mark.parametrize("files,n_labeled,temperature", [
-    (["train.json"], 8, 2.0),
-    (["train.json", "train_la16.json"], 16, 1.93),
-    (["train.json", "train_acdc.json"], 68, 2.0),  # 3 patients = first 68 slices
-])
-def test_bare_command_defaults_build_published_splits(tmp_path, monkeypatch, files, n_labeled,
-                                                      temperature):
+@pytest.mark.skipif(
+    data_root() is None,
+    reason="real data root absent (set SSLSEG_DATA or put "
+    "the data at ../shared/data): bare-command defaults need it",
+)
+@pytest.mark.parametrize(
+    "files,n_labeled,temperature",
+    [
+        (["train.json"], 8, 2.0),
+        (["train.json", "train_la16.json"], 16, 1.93),
+        (["train.json", "train_acdc.json"], 68, 2.0),  # 3 patients = first 68 slices
+    ],
+)
+def test_bare_command_defaults_build_published_splits(
+    tmp_path, monkeypatch, files, n_labeled, temperature
+):
     """With no --dataset_dir/--datalist the bundle finds the data root and builds the datalist
     in memory: resolving the config writes no file."""
     from monai.bundle import ConfigParser

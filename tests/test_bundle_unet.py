@@ -40,8 +40,9 @@ def data(tmp_path_factory):
 
 def _overrides(data, **extra) -> dict:
     """The tiny-run overrides shared by every command (paths under the test's tmp dir)."""
-    tiny = tiny_overrides(data["dataset_dir"], data["datalist"], data["work"],
-                          patch_size=[64, 64], batch_size=4)
+    tiny = tiny_overrides(
+        data["dataset_dir"], data["datalist"], data["work"], patch_size=[64, 64], batch_size=4
+    )
     return {**tiny, **extra}
 
 

@@ -9,6 +9,7 @@ network (DMD's V-Net / U-Net do not script: the zoo's ``exclude_verify_torchscri
 documented in the bundle's README). Weights are random, written as the training run saves them,
 as the zoo's ``_produce_fake_weights``. Also: train and inference configs define the same network.
 """
+
 import json
 
 import pytest
@@ -25,10 +26,22 @@ BUNDLE_NAMES = ("dmd", "supervised_unet")
 #  TorchScript-exportable)
 VARIANTS = {
     "dmd_la": ("dmd", ["inference.json"], ["train.json"], "network_data_format", "net1", False),
-    "dmd_acdc": ("dmd", ["inference.json", "inference_acdc.json"],
-                 ["train.json", "train_acdc.json"], "network_data_format_acdc", "net1", False),
-    "supervised_unet": ("supervised_unet", ["inference.json"], ["train.json"],
-                        "network_data_format", "", True),
+    "dmd_acdc": (
+        "dmd",
+        ["inference.json", "inference_acdc.json"],
+        ["train.json", "train_acdc.json"],
+        "network_data_format_acdc",
+        "net1",
+        False,
+    ),
+    "supervised_unet": (
+        "supervised_unet",
+        ["inference.json"],
+        ["train.json"],
+        "network_data_format",
+        "",
+        True,
+    ),
 }
 
 
@@ -64,8 +77,12 @@ def test_verify_net_in_out_with_inference_json_alone(variant):
     meta = json.loads(open(_meta(bundle)).read())
     assert data_format in meta, f"{bundle}: no {data_format} in metadata.json"
     verify_net_in_out(
-        net_id="network_def", meta_file=_meta(bundle), config_file=_configs(bundle, infer),
-        device="cpu", n=2, **{"_meta_#network_data_format": meta[data_format]},
+        net_id="network_def",
+        meta_file=_meta(bundle),
+        config_file=_configs(bundle, infer),
+        device="cpu",
+        n=2,
+        **{"_meta_#network_data_format": meta[data_format]},
     )
 
 
@@ -92,8 +109,12 @@ def test_export(variant, tmp_path):
     state = net.state_dict()
     torch.save({key: state, "net2": state} if key else state, tmp_path / "model.pt")
     program = export_network(
-        _configs(bundle, infer), _meta(bundle), str(tmp_path / "model.pt2"),
-        ckpt_file=str(tmp_path / "model.pt"), key_in_ckpt=key, data_format_key=data_format,
+        _configs(bundle, infer),
+        _meta(bundle),
+        str(tmp_path / "model.pt2"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        key_in_ckpt=key,
+        data_format_key=data_format,
     )
     loaded = torch.export.load(str(tmp_path / "model.pt2")).module()
     meta = json.loads(open(_meta(bundle)).read())
@@ -103,9 +124,12 @@ def test_export(variant, tmp_path):
     assert program is not None
     if scriptable:  # the zoo's own TorchScript check
         ckpt_export(
-            net_id="network_def", filepath=str(tmp_path / "model.ts"),
-            ckpt_file=str(tmp_path / "model.pt"), meta_file=_meta(bundle),
-            config_file=_configs(bundle, infer), key_in_ckpt=key,
+            net_id="network_def",
+            filepath=str(tmp_path / "model.ts"),
+            ckpt_file=str(tmp_path / "model.pt"),
+            meta_file=_meta(bundle),
+            config_file=_configs(bundle, infer),
+            key_in_ckpt=key,
         )
         scripted = torch.jit.load(str(tmp_path / "model.ts"))
         with torch.no_grad():

@@ -21,7 +21,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
 import d2ext  # noqa: F401  (registers datasets, meta-architectures and trainers)
 from d2ext.config import build_cfg, default_cfg
-from d2ext.engine import EMATeacherHook, TRAINER_REGISTRY, Trainer, trainer_class
+from d2ext.engine import TRAINER_REGISTRY, EMATeacherHook, Trainer, trainer_class
 from d2ext.mmt_psm import MMTPSMRCNN, KViewMapper, MMTPSMTrainer, UnsupWeightHook, unsup_weight
 
 torch.set_num_threads(1)
@@ -124,9 +124,9 @@ def test_from_config_of_the_default_config_equals_the_signature_defaults(cls):
         for k in checked
         if _normalise(defaults[k]) != _normalise(filled[k])
     }
-    assert not differ, (
-        f"{cls.__name__}: signature default != add_*_config default (signature, config): {differ}"
-    )
+    assert (
+        not differ
+    ), f"{cls.__name__}: signature default != add_*_config default (signature, config): {differ}"
 
 
 def test_schedule_and_ema_defaults_equal_the_config():

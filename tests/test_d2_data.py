@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import d2ext  # noqa: F401  (registers the built-in datasets)
 from d2ext.config import add_sslseg_config, resolve_device
@@ -17,8 +19,6 @@ from d2ext.data import (
     register_unlabeled_images,
     split_batch_size,
 )
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from sslseg.datasets.synthetic import make_cells, make_unlabeled_cells
 from sslseg.paths import data_root
 

@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-
-from sslseg.datasets.coco_utils import image_record, mask_to_annotation
-from d2ext.config import add_sslseg_config
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BitMasks, Instances
 from pycocotools import mask as mask_util
 
+from d2ext.config import add_sslseg_config
 from d2ext.evaluation import CellInstanceEvaluator, build_cell_evaluators
+from sslseg.datasets.coco_utils import image_record, mask_to_annotation
 
 
 def _grid(n_rows, n_cols, step=5, size=3):
@@ -38,8 +37,10 @@ def dataset(tmp_path):
     images, anns = [], []
     for img_id, (masks, cats) in enumerate([(dense, [1] * 150), (img2, [1, 1, 2, 2])], start=1):
         images.append(image_record(img_id, f"{img_id}.png", *masks.shape[1:]))
-        anns += [mask_to_annotation(m, c, len(anns) + 1 + k, img_id)
-                 for k, (m, c) in enumerate(zip(masks, cats))]
+        anns += [
+            mask_to_annotation(m, c, len(anns) + 1 + k, img_id)
+            for k, (m, c) in enumerate(zip(masks, cats))
+        ]
     gt = {
         "images": images,
         "annotations": anns,

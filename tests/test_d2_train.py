@@ -115,15 +115,22 @@ def test_resume_is_exact(trained, tmp_path):
     differ = [k for k, v in final.items() if not torch.equal(resumed[k], v)]
     assert not differ, f"resumed and uninterrupted runs differ in {len(differ)}: {differ[:5]}"
     restarted = _resume_from_iteration_1(out, tmp_path / "restart", skip=0)
-    assert not all(torch.equal(restarted[k], v) for k, v in final.items()), (
-        "restarting the sampler gave the same weights: the test cannot tell the two apart"
-    )
+    assert not all(
+        torch.equal(restarted[k], v) for k, v in final.items()
+    ), "restarting the sampler gave the same weights: the test cannot tell the two apart"
 
 
 def test_other_samplers_use_detectron2s_loader(tmp_path):
     """SAMPLER_TRAIN other than TrainingSampler: detectron2's loader (resume restarts it)."""
-    trainer = Trainer(_cfg(tmp_path, "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
-                           "DATALOADER.REPEAT_THRESHOLD", "0.1"))
+    trainer = Trainer(
+        _cfg(
+            tmp_path,
+            "DATALOADER.SAMPLER_TRAIN",
+            "RepeatFactorTrainingSampler",
+            "DATALOADER.REPEAT_THRESHOLD",
+            "0.1",
+        )
+    )
     assert not hasattr(trainer.data_loader, "samplers")
     trainer.resume_or_load(resume=True)  # nothing to resume from: starts at 0
     assert trainer.start_iter == 0

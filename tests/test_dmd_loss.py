@@ -1,4 +1,5 @@
 """DMD distillation losses: softening, Dice/KL terms, gradient routing."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,7 @@ def test_kl_at_t1_is_dml_two_way_kl():
     # T^2 scaling (Hinton): at T=2 the term is 4 x the KL of the T=2 distributions
     t2, _ = DMDLoss(temperature=2.0, distill="kl")(z1, z2)
     q1, q2 = F.log_softmax(z1 / 2, 1), F.log_softmax(z2 / 2, 1)
-    by_hand = (F.kl_div(q1, q2.exp(), reduction="sum") + F.kl_div(q2, q1.exp(), reduction="sum"))
+    by_hand = F.kl_div(q1, q2.exp(), reduction="sum") + F.kl_div(q2, q1.exp(), reduction="sum")
     assert torch.allclose(t2, 4 * by_hand / voxels, atol=1e-6)
 
 
@@ -98,9 +99,9 @@ def test_binary_kl_compares_bernoulli_distributions():
     two_class = lambda z: torch.cat([torch.zeros_like(z), z], dim=1)  # noqa: E731
     binary = DMDLoss(temperature=1.0, distill="kl")(z1, z2)[0]
     softmax_equivalent = DMDLoss(temperature=1.0, distill="kl")(two_class(z1), two_class(z2))[0]
-    assert torch.allclose(binary, softmax_equivalent, atol=1e-6), (
-        f"{binary} vs {softmax_equivalent}"
-    )
+    assert torch.allclose(
+        binary, softmax_equivalent, atol=1e-6
+    ), f"{binary} vs {softmax_equivalent}"
 
 
 def test_bad_arguments_fail_loudly():

@@ -1,4 +1,5 @@
 """DMD networks: the papers' V-Net (LA) and SSL4MIS 2D U-Net (ACDC)."""
+
 import pytest
 import torch
 

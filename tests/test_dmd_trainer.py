@@ -1,6 +1,8 @@
 """DMDTrainer: two networks, supervised + distillation losses, MONAI iteration events."""
+
 import copy
 import logging
+
 import pytest
 import torch
 from monai.engines.utils import IterationEvents
@@ -79,8 +81,9 @@ def test_two_iterations_train_both_networks(case):
     logger.setLevel(logging.INFO)
     logger.addHandler(_ListHandler(messages))
     stats = StatsHandler(name=logger.name, output_transform=loss_terms, iteration_log=True)
-    trainer = _trainer(net1, net2, _two_stream(spatial, classes, 2), sup_loss(),
-                       train_handlers=[stats])
+    trainer = _trainer(
+        net1, net2, _two_stream(spatial, classes, 2), sup_loss(), train_handlers=[stats]
+    )
     counts = {event: 0 for event in IterationEvents}
     for event in counts:
         trainer.add_event_handler(event, lambda _, e=event: counts.__setitem__(e, counts[e] + 1))
@@ -122,14 +125,14 @@ def _net1_after_one_step(net2_seed, lambda_distill, detach_target=False):
 def test_lambda_zero_trains_the_networks_independently():
     alone = _net1_after_one_step(net2_seed=1, lambda_distill=0.0)
     other_partner = _net1_after_one_step(net2_seed=2, lambda_distill=0.0)
-    assert all(torch.equal(v, other_partner[k]) for k, v in alone.items()), (
-        "with lambda 0 network1's update depends on network2"
-    )
+    assert all(
+        torch.equal(v, other_partner[k]) for k, v in alone.items()
+    ), "with lambda 0 network1's update depends on network2"
     coupled = _net1_after_one_step(net2_seed=1, lambda_distill=4.0)
     coupled_other = _net1_after_one_step(net2_seed=2, lambda_distill=4.0)
-    assert not all(torch.equal(v, coupled_other[k]) for k, v in coupled.items()), (
-        "with lambda 4 network1 ignores network2"
-    )
+    assert not all(
+        torch.equal(v, coupled_other[k]) for k, v in coupled.items()
+    ), "with lambda 4 network1 ignores network2"
 
 
 def test_lambda_zero_matches_a_plain_supervised_step():
@@ -162,8 +165,9 @@ def test_each_network_gets_lambda_times_the_distillation_gradient():
     for key, value in shared.items():
         assert torch.allclose(value.float(), detached[key].float(), atol=1e-6), f"{key} differs"
     doubled = _net1_after_one_step(net2_seed=1, lambda_distill=8.0, detach_target=True)
-    assert not all(torch.allclose(v.float(), doubled[k].float(), atol=1e-6)
-                   for k, v in shared.items()), "the distillation weight has no effect"
+    assert not all(
+        torch.allclose(v.float(), doubled[k].float(), atol=1e-6) for k, v in shared.items()
+    ), "the distillation weight has no effect"
 
 
 def test_bad_batch_fails_loudly():
@@ -175,17 +179,28 @@ def test_bad_batch_fails_loudly():
 
 def test_loss_terms_and_labeled_prepare_batch_the_configs_name():
     """The named functions train.json / train_supervised.json use instead of lambdas."""
-    dmd_out = {"image": torch.zeros(2), "pred": torch.zeros(2), "loss": torch.tensor(1.5),
-               "loss_sup1": 0.5, "loss_sup2": 0.25, "loss_distill": torch.tensor(0.75)}
-    assert loss_terms(dmd_out) == {"loss": 1.5, "loss_sup1": 0.5, "loss_sup2": 0.25,
-                                   "loss_distill": 0.75}
+    dmd_out = {
+        "image": torch.zeros(2),
+        "pred": torch.zeros(2),
+        "loss": torch.tensor(1.5),
+        "loss_sup1": 0.5,
+        "loss_sup2": 0.25,
+        "loss_distill": torch.tensor(0.75),
+    }
+    assert loss_terms(dmd_out) == {
+        "loss": 1.5,
+        "loss_sup1": 0.5,
+        "loss_sup2": 0.25,
+        "loss_distill": 0.75,
+    }
     assert set(loss_terms(dmd_out)) == set(LOSS_TERMS)
     assert loss_terms({"image": torch.zeros(1), "loss": torch.tensor(2.0)}) == {"loss": 2.0}
     with pytest.raises(KeyError, match="no key starting with 'loss'"):
         loss_terms({"image": torch.zeros(1)})
     labeled = {"image": torch.ones(2, 1, 4, 4), "label": torch.zeros(2, 1, 4, 4)}
-    image, label = labeled_prepare_batch({"labeled": labeled, "unlabeled": {"image": None}},
-                                         torch.device("cpu"), False)
+    image, label = labeled_prepare_batch(
+        {"labeled": labeled, "unlabeled": {"image": None}}, torch.device("cpu"), False
+    )
     assert torch.equal(image, labeled["image"]) and torch.equal(label, labeled["label"])
     with pytest.raises(KeyError, match="'labeled'"):
         labeled_prepare_batch(labeled, torch.device("cpu"))

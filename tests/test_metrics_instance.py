@@ -150,8 +150,10 @@ def _coco_gt(masks_per_image, categories=((1, "cell"),)):
     images, anns = [], []
     for img_id, (masks, cats) in enumerate(masks_per_image, start=1):
         images.append(image_record(img_id, f"{img_id}.png", *masks.shape[1:]))
-        anns += [mask_to_annotation(m, c, len(anns) + 1 + k, img_id)
-                 for k, (m, c) in enumerate(zip(masks, cats))]
+        anns += [
+            mask_to_annotation(m, c, len(anns) + 1 + k, img_id)
+            for k, (m, c) in enumerate(zip(masks, cats))
+        ]
     return {
         "images": images,
         "annotations": anns,

@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-
 import warnings
 
 import numpy as np

@@ -130,7 +130,7 @@ def _split(state):
     """(student, teacher) parts of a MMTPSMRCNN state dict (teacher keys unprefixed), both without
     the ``teacher_ready`` flag."""
     student = {k: v for k, v in state.items() if not k.startswith("teacher")}
-    teacher = {k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")}
+    teacher = {k[len("teacher.") :]: v for k, v in state.items() if k.startswith("teacher.")}
     return student, teacher
 
 
@@ -179,13 +179,13 @@ def run_a(tmp_path_factory):
     storage = trainer.storage
     history = {
         k: [(int(it), float(v)) for v, it in storage.history(k).values()]
-        for k in ("mmt_psm/lambda", "mmt_psm/ema_alpha", "loss_psm", "loss_mgd", "total_loss",
-                  "lr")
+        for k in ("mmt_psm/lambda", "mmt_psm/ema_alpha", "loss_psm", "loss_mgd", "total_loss", "lr")
         if k in storage.histories()
     }
     del trainer
-    yield SimpleNamespace(out=out, cfg=cfg, results=results, history=history,
-                          trainer_cls=trainer_cls)
+    yield SimpleNamespace(
+        out=out, cfg=cfg, results=results, history=history, trainer_cls=trainer_cls
+    )
     _drop_checkpoints(out)
 
 
@@ -237,14 +237,19 @@ def test_checkpoint_holds_student_teacher_and_trainer_state(run_a):
     ckpt = _load(out / "model_final.pth")
     assert ckpt["iteration"] == MAX_ITER - 1, f"iteration {ckpt['iteration']}"
     model = ckpt["model"]
-    for key in (STUDENT_KEY, "mgd_adapters.p2.weight", f"teacher.{STUDENT_KEY}",
-                "teacher.mgd_adapters.p2.weight", "teacher.roi_heads.mask_head.predictor.weight"):
+    for key in (
+        STUDENT_KEY,
+        "mgd_adapters.p2.weight",
+        f"teacher.{STUDENT_KEY}",
+        "teacher.mgd_adapters.p2.weight",
+        "teacher.roi_heads.mask_head.predictor.weight",
+    ):
         assert key in model, f"{key} missing from the checkpoint"
     assert model["teacher_ready"].dtype == torch.bool and bool(model["teacher_ready"])
     student, teacher = _split(model)
-    assert student.keys() == teacher.keys(), (
-        f"student/teacher keys differ: {sorted(set(student) ^ set(teacher))[:5]}"
-    )
+    assert (
+        student.keys() == teacher.keys()
+    ), f"student/teacher keys differ: {sorted(set(student) ^ set(teacher))[:5]}"
     state = ckpt["trainer"]
     assert state["iteration"] == MAX_ITER - 1
     assert state["_trainer"]["optimizer"]["state"], "optimizer state (momentum) missing"
@@ -273,14 +278,25 @@ def test_teacher_is_an_ema_of_the_student(run_a):
     model.train()
     assert model.training and not model.teacher.training, "teacher must stay in eval mode"
     assert bool(model.teacher_ready) and model.evaluated_model() == "teacher"
-    assert torch.equal(model.teacher.backbone.bottom_up.stem.conv1.weight,
-                       after[f"teacher.{STUDENT_KEY}"])
+    assert torch.equal(
+        model.teacher.backbone.bottom_up.stem.conv1.weight, after[f"teacher.{STUDENT_KEY}"]
+    )
 
 
 # ------------------------------------------------------------------------------- eval-only
 def _eval_only(weights, out, *opts):
-    args = _args("--eval-only", "--config-file", DEMO, *TINY, *SCHEDULE, "MODEL.WEIGHTS", weights,
-                 "OUTPUT_DIR", out, *opts)
+    args = _args(
+        "--eval-only",
+        "--config-file",
+        DEMO,
+        *TINY,
+        *SCHEDULE,
+        "MODEL.WEIGHTS",
+        weights,
+        "OUTPUT_DIR",
+        out,
+        *opts,
+    )
     return train_net.main(args)
 
 
@@ -330,8 +346,9 @@ def test_resume_restores_state_and_continues_schedules(run_a, tmp_path):
     assert not changed, f"model tensors not restored (teacher included): {changed[:5]}"
     assert bool(trainer.model.teacher_ready), "teacher_ready not restored"
     _nested_equal(trainer.optimizer.state_dict(), ckpt["trainer"]["_trainer"]["optimizer"])
-    _nested_equal(trainer.scheduler.state_dict(), ckpt["trainer"]["hooks"]["LRScheduler"],
-                  "scheduler")
+    _nested_equal(
+        trainer.scheduler.state_dict(), ckpt["trainer"]["hooks"]["LRScheduler"], "scheduler"
+    )
     del restored
     trainer.train()  # the same resumed run, in process: compared with B below
     del trainer
@@ -343,8 +360,9 @@ def test_resume_restores_state_and_continues_schedules(run_a, tmp_path):
     (b / "last_checkpoint").write_text(name)
     # same config as A except OUTPUT_DIR; the final evaluation (after the last checkpoint, it
     # cannot change the weights) is skipped to save time
-    proc = _cli("--resume", "--config-file", DEMO, *TINY, *SCHEDULE, "OUTPUT_DIR", b,
-                "DATASETS.TEST", "()")
+    proc = _cli(
+        "--resume", "--config-file", DEMO, *TINY, *SCHEDULE, "OUTPUT_DIR", b, "DATASETS.TEST", "()"
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = (b / "log.txt").read_text()
     assert f"Starting training from iteration {CKPT_ITER + 1}" in log, log[-2000:]
@@ -387,8 +405,19 @@ def test_two_process_cpu_training(tmp_path):
         "MODEL.MMT_PSM.RAMP_UP_ITERS", "1",
         "MODEL.MMT_PSM.RAMP_DOWN_ITERS", "1",
     ]  # fmt: skip
-    proc = _cli("--num-gpus", "2", "--dist-url", "auto", "--config-file", DEMO, *TINY, *schedule,
-                *NONZERO_UNSUP, "OUTPUT_DIR", tmp_path)
+    proc = _cli(
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",
+        "--config-file",
+        DEMO,
+        *TINY,
+        *schedule,
+        *NONZERO_UNSUP,
+        "OUTPUT_DIR",
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     ckpt = _load(tmp_path / "model_final.pth")
     assert ckpt["iteration"] == 3 and bool(ckpt["model"]["teacher_ready"])
@@ -438,8 +467,12 @@ def test_isbi2014_configs_and_supervised_baselines(pct):
     a, b = _flat(mmt), _flat(sup)
     assert a.keys() == b.keys(), f"keys differ: {sorted(set(a) ^ set(b))}"
     differs = sorted(k for k in a if a[k] != b[k])
-    assert differs == ["DATASETS.TRAIN_UNLABELED", "MODEL.META_ARCHITECTURE", "OUTPUT_DIR",
-                       "SOLVER.IMS_PER_BATCH"], f"{pct}%: configs differ in {differs}"
+    assert differs == [
+        "DATASETS.TRAIN_UNLABELED",
+        "MODEL.META_ARCHITECTURE",
+        "OUTPUT_DIR",
+        "SOLVER.IMS_PER_BATCH",
+    ], f"{pct}%: configs differ in {differs}"
     assert sup.DATASETS.TRAIN_UNLABELED == ()
     labeled, _ = split_batch_size(mmt.SOLVER.IMS_PER_BATCH, mmt.DATALOADER.UNLABELED_RATIO)
     assert sup.SOLVER.IMS_PER_BATCH == labeled, "baseline batch != MMT-PSM's labeled half"

@@ -15,6 +15,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes
+from detectron2.utils.events import EventStorage
 from torch import nn
 
 import d2ext  # noqa: F401  (registers the datasets and the meta-architecture)
@@ -30,12 +36,6 @@ from d2ext.mmt_psm.losses import (
     sharpen,
     view_sensitivity,
 )
-from detectron2.data import DatasetCatalog, DatasetMapper
-from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
-from detectron2.modeling import build_model
-from detectron2.structures import Boxes
-from detectron2.utils.events import EventStorage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -71,8 +71,10 @@ def _params(module):
 
 # ----------------------------------------------------------------------------- 1. sharpen
 def test_sharpen_formula_identity_and_sharpening():
-    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.05, 0.9, 0.05], [1 / 3, 1 / 3, 1 / 3]],
-                     dtype=torch.float64)
+    p = torch.tensor(
+        [[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.05, 0.9, 0.05], [1 / 3, 1 / 3, 1 / 3]],
+        dtype=torch.float64,
+    )
     q = p.numpy() ** 2.0  # t = 0.5: p^(1/t)
     expected = q / q.sum(1, keepdims=True)
     out = sharpen(p, 0.5)
@@ -89,8 +91,10 @@ def test_sharpen_formula_identity_and_sharpening():
 
 # ----------------------------------------------------------------------------- 2. ensemble
 def test_ensemble_views_mean_of_softmax_vs_softmax_of_mean():
-    logits = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 2.0, 0.0]],
-                           [[4.0, 0.0, 0.0], [1.0, 2.0, 0.0]]], dtype=torch.float64)  # (V2,R2,3)
+    logits = torch.tensor(
+        [[[0.0, 0.0, 0.0], [1.0, 2.0, 0.0]], [[4.0, 0.0, 0.0], [1.0, 2.0, 0.0]]],
+        dtype=torch.float64,
+    )  # (V2,R2,3)
     sm = np.exp(logits.numpy())
     sm = sm / sm.sum(-1, keepdims=True)
     paper = sm.mean(0)
@@ -100,9 +104,9 @@ def test_ensemble_views_mean_of_softmax_vs_softmax_of_mean():
     out_code = ensemble_views(logits, average_logits=True)
     np.testing.assert_allclose(out_paper.numpy(), paper, rtol=1e-12)
     np.testing.assert_allclose(out_code.numpy(), code, rtol=1e-12)
-    assert abs(out_paper[0, 0].item() - out_code[0, 0].item()) > 0.05, (
-        f"the two ensembles should differ on row 0: {out_paper[0]} vs {out_code[0]}"
-    )
+    assert (
+        abs(out_paper[0, 0].item() - out_code[0, 0].item()) > 0.05
+    ), f"the two ensembles should differ on row 0: {out_paper[0]} vs {out_code[0]}"
     # identical views: both ensembles equal that view's softmax
     torch.testing.assert_close(out_paper[1], out_code[1])
     assert out_paper.shape == (2, 3)
@@ -110,9 +114,14 @@ def test_ensemble_views_mean_of_softmax_vs_softmax_of_mean():
 
 # ----------------------------------------------------------------------------- 3. sensitivity
 def test_view_sensitivity_var_and_std_sum():
-    logits = torch.tensor([[[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]],
-                           [[2.0, 1.0, 0.0], [3.0, 0.0, 0.0]],
-                           [[0.0, 0.0, 0.0], [0.0, 3.0, 0.0]]], dtype=torch.float64)  # (3, 2, 3)
+    logits = torch.tensor(
+        [
+            [[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]],
+            [[2.0, 1.0, 0.0], [3.0, 0.0, 0.0]],
+            [[0.0, 0.0, 0.0], [0.0, 3.0, 0.0]],
+        ],
+        dtype=torch.float64,
+    )  # (3, 2, 3)
     p = np.exp(logits.numpy())
     p = p / p.sum(-1, keepdims=True)
     mean = p.mean(0)
@@ -198,9 +207,10 @@ def test_psm_loss_weights_proposals_not_classes():
     included), and 1 when its argmax is foreground (bg mass included); per-class weights
     (torch cross_entropy(weight=...)) weigh only the bg column and give another value."""
     z = torch.tensor([[0.5, -1.0, 2.0], [1.0, 0.2, -0.3]], dtype=torch.float64)
-    q = torch.tensor([[0.3, 0.1, 0.6],   # argmax bg, 40 % fg mass
-                      [0.6, 0.1, 0.3]],  # argmax fg, 30 % bg mass
-                     dtype=torch.float64)
+    q = torch.tensor(
+        [[0.3, 0.1, 0.6], [0.6, 0.1, 0.3]],  # argmax bg, 40 % fg mass  # argmax fg, 30 % bg mass
+        dtype=torch.float64,
+    )
     logp = torch.log_softmax(z, -1).numpy()
     ce = -(q.numpy() * logp).sum(1)
     bg_w = 1.5
@@ -210,7 +220,8 @@ def test_psm_loss_weights_proposals_not_classes():
     assert got == pytest.approx(_psm_by_hand(z, q, bg_w), rel=1e-12)
     per_class = -(q.numpy() * np.array([1.0, 1.0, bg_w]) * logp).sum(1).mean()
     torch_per_class = torch.nn.functional.cross_entropy(
-        z, q, weight=torch.tensor([1.0, 1.0, bg_w], dtype=torch.float64)).item()
+        z, q, weight=torch.tensor([1.0, 1.0, bg_w], dtype=torch.float64)
+    ).item()
     assert torch_per_class == pytest.approx(per_class, rel=1e-12)
     assert abs(got - per_class) > 1e-2, f"the two weightings should differ: {got} {per_class}"
     # row by row: bg-argmax row scales with bg_weight as a whole, fg-argmax row not at all
@@ -255,16 +266,21 @@ def test_level_masks_average_pool_more_than_half():
     fg[2, 0:2, 4:8] = True
     shapes = [torch.Size([4, 4]), torch.Size([2, 2]), torch.Size([1, 1]), torch.Size([3, 3])]
     masks = level_masks(fg, shapes)
-    assert [tuple(m.shape) for m in masks] == [(3, 1, 4, 4), (3, 1, 2, 2), (3, 1, 1, 1),
-                                               (3, 1, 3, 3)]
+    assert [tuple(m.shape) for m in masks] == [
+        (3, 1, 4, 4),
+        (3, 1, 2, 2),
+        (3, 1, 1, 1),
+        (3, 1, 3, 3),
+    ]
     assert all(m.dtype == torch.float32 for m in masks)
     exp4 = torch.zeros(4, 4)
     exp4[0, 0] = exp4[0, 2] = 1  # 4/4 and 3/4; (2, 0) has 2/4 and (2, 3) 1/4 -> background
     assert torch.equal(masks[0][0, 0], exp4), masks[0][0, 0]
     assert not masks[1][0].any() and not masks[2][0].any(), "image 0: <= 1/4 of each coarse cell"
     assert all(m[1].sum() == 0 for m in masks), "image 1 has no foreground"
-    want = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0],
-                         [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    want = torch.tensor(
+        [[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]
+    )
     assert torch.equal(masks[0][2, 0], want), masks[0][2, 0]
     assert torch.equal(masks[1][2, 0], torch.tensor([[1.0, 0.0], [0.0, 1.0]])), masks[1][2, 0]
     assert masks[2][2].item() == 1.0  # 33 of 64 pixels
@@ -345,7 +361,8 @@ def test_mgd_loss_ignores_background_cells():
     elements = (num[0] / den[0] + num[1] / den[1]) / 2  # C = 4 channels, 2 levels
     assert mgd_loss(s, t, m).item() == pytest.approx(elements, rel=1e-6)
     assert mgd_loss(s, t, m, "positions").item() == pytest.approx(
-        sum(num) / (2.0 * sum(float(c.sum()) for c in m)), rel=1e-6)
+        sum(num) / (2.0 * sum(float(c.sum()) for c in m)), rel=1e-6
+    )
 
 
 def test_mgd_loss_zero_mask_and_gradients():
@@ -394,9 +411,18 @@ def _paper_lambda(t, T):
 
 def test_unsup_weight_paper_values():
     T = 8000
-    hand = {0: 0.0, 999: 0.0, 1000: math.exp(-5.0), 1125: math.exp(-125 * 0.01),
-            1249: math.exp(-125 * (1 / 1250) ** 2), 1250: 1.0, 4000: 1.0, T - 250: 1.0,
-            T - 125: math.exp(-3.0), T - 1: math.exp(-12 * (249 / 250) ** 2)}
+    hand = {
+        0: 0.0,
+        999: 0.0,
+        1000: math.exp(-5.0),
+        1125: math.exp(-125 * 0.01),
+        1249: math.exp(-125 * (1 / 1250) ** 2),
+        1250: 1.0,
+        4000: 1.0,
+        T - 250: 1.0,
+        T - 125: math.exp(-3.0),
+        T - 1: math.exp(-12 * (249 / 250) ** 2),
+    }
     for t, v in hand.items():
         got = unsup_weight(t, T)
         assert got == pytest.approx(v, rel=1e-12, abs=1e-15), f"lambda({t}) = {got}, want {v}"
@@ -405,7 +431,7 @@ def test_unsup_weight_paper_values():
     ws = [unsup_weight(t, T) for t in ts]
     assert all(0.0 <= w <= 1.0 for w in ws)
     assert all(a <= b for a, b in zip(ws[:1250], ws[1:1251])), "ramp-up not monotone"
-    assert all(a >= b for a, b in zip(ws[T - 251:], ws[T - 250:])), "ramp-down not monotone"
+    assert all(a >= b for a, b in zip(ws[T - 251 :], ws[T - 250 :])), "ramp-down not monotone"
 
 
 def test_unsup_weight_overlapping_ramps_take_the_min():
@@ -441,8 +467,17 @@ def test_unsup_weight_hook_sets_model_weight():
 
 # ----------------------------------------------------------------------------- 8. EMA
 def test_ema_alpha_schedule():
-    expected = {989: -1.0, 990: 0.0, 991: 0.0, 992: 0.5, 1090: 0.99, 5000: 0.99, 993: 2 / 3,
-                1089: 1 - 1 / 99, 1080: 1 - 1 / 90}
+    expected = {
+        989: -1.0,
+        990: 0.0,
+        991: 0.0,
+        992: 0.5,
+        1090: 0.99,
+        5000: 0.99,
+        993: 2 / 3,
+        1089: 1 - 1 / 99,
+        1080: 1 - 1 / 90,
+    }
     for t, v in expected.items():
         got = ema_alpha(t, 990, 0.99)
         assert got == pytest.approx(v, rel=1e-12), f"alpha({t}) = {got}, want {v}"
@@ -487,15 +522,19 @@ def test_ema_update_parameters_and_buffers():
 
 # ----------------------------------------------------------------------------- 9. EMA hook
 def _student_params(model):
-    return {f"{name}.{k}": v.detach().clone()
-            for name, (student, _) in zip(("b", "p", "r", "a"), model.ema_pairs())
-            for k, v in student.state_dict().items()}
+    return {
+        f"{name}.{k}": v.detach().clone()
+        for name, (student, _) in zip(("b", "p", "r", "a"), model.ema_pairs())
+        for k, v in student.state_dict().items()
+    }
 
 
 def _teacher_params(model):
-    return {f"{name}.{k}": v.detach().clone()
-            for name, (_, teacher) in zip(("b", "p", "r", "a"), model.ema_pairs())
-            for k, v in teacher.state_dict().items()}
+    return {
+        f"{name}.{k}": v.detach().clone()
+        for name, (_, teacher) in zip(("b", "p", "r", "a"), model.ema_pairs())
+        for k, v in teacher.state_dict().items()
+    }
 
 
 def test_ema_teacher_hook_on_model():
@@ -504,7 +543,8 @@ def test_ema_teacher_hook_on_model():
     hook = EMATeacherHook(start_iter=start, max_alpha=0.99)
     assert not bool(model.teacher_ready) and model.evaluated_model() == "student"
     assert not model.teacher.training and all(
-        not p.requires_grad for p in model.teacher.parameters())
+        not p.requires_grad for p in model.teacher.parameters()
+    )
     with torch.no_grad():  # make the student differ from the teacher (deep-copied at init)
         for p in model.parameters():
             if p.requires_grad:
@@ -583,19 +623,28 @@ def _resized_file(cfg, dataset_dict):
     """The unlabeled image read and resized as KViewMapper does, before its random flip."""
     image = read_image(dataset_dict["file_name"], format=cfg.INPUT.FORMAT)
     aug_input = T.AugInput(image)
-    T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
-                         cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)(aug_input)
+    T.ResizeShortestEdge(
+        cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+    )(aug_input)
     return torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
 
 
-@pytest.mark.parametrize("no_erase", [("MODEL.MMT_PSM.ERASE_PROB", "0.0"),
-                                      ("MODEL.MMT_PSM.ERASE_MAX_PATCHES", "0")])
+@pytest.mark.parametrize(
+    "no_erase", [("MODEL.MMT_PSM.ERASE_PROB", "0.0"), ("MODEL.MMT_PSM.ERASE_MAX_PATCHES", "0")]
+)
 def test_kview_mapper_without_noise_is_the_image(unlabeled_dicts, no_erase):
     """No jitter and no erasing: teacher view v is ``image`` (flipped when teacher_flips[v]),
     the student view is ``image``; ``image`` itself is the file, resized, and flipped for about
     half of the draws (one flip shared by every view)."""
-    cfg = _cfg(*no_erase, "MODEL.MMT_PSM.BRIGHTNESS", "0.0",
-               "MODEL.MMT_PSM.CONTRAST", "0.0", "MODEL.MMT_PSM.HUE", "0.0")
+    cfg = _cfg(
+        *no_erase,
+        "MODEL.MMT_PSM.BRIGHTNESS",
+        "0.0",
+        "MODEL.MMT_PSM.CONTRAST",
+        "0.0",
+        "MODEL.MMT_PSM.HUE",
+        "0.0",
+    )
     mapper = KViewMapper(cfg)
     raw = _resized_file(cfg, unlabeled_dicts[1])
     assert tuple(raw.shape) == (3, SIZE, SIZE) and raw.dtype == torch.uint8
@@ -636,8 +685,12 @@ def _components(changed):
             y, x = stack.pop()
             comp.append((y, x))
             for yy, xx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if (0 <= yy < changed.shape[0] and 0 <= xx < changed.shape[1]
-                        and changed[yy, xx] and not seen[yy, xx]):
+                if (
+                    0 <= yy < changed.shape[0]
+                    and 0 <= xx < changed.shape[1]
+                    and changed[yy, xx]
+                    and not seen[yy, xx]
+                ):
                     seen[yy, xx] = True
                     stack.append((yy, xx))
         comps.append(comp)
@@ -648,8 +701,13 @@ def test_kview_mapper_erase_patches():
     """erase(): ERASE_PROB 1 -> up to ERASE_MAX_PATCHES rectangles of noise, each of an area
     fraction in ERASE_AREA (rounding slack), the input untouched; ERASE_PROB 0 -> no change."""
     h, w, area, ratio, max_patches = 150, 200, (0.002, 0.006), (0.5, 2.0), 4
-    kw = dict(augmentations=[], image_format="BGR", erase_max_patches=max_patches,
-              erase_area=area, erase_ratio=ratio)
+    kw = dict(
+        augmentations=[],
+        image_format="BGR",
+        erase_max_patches=max_patches,
+        erase_area=area,
+        erase_ratio=ratio,
+    )
     image = torch.full((3, h, w), 7, dtype=torch.uint8)
     mapper = KViewMapper(erase_prob=1.0, **kw)
     counts = []
@@ -668,7 +726,7 @@ def test_kview_mapper_erase_patches():
             assert ph * pw == len(comp), f"seed {seed}: a changed region is not a rectangle"
             frac = ph * pw / (h * w)
             assert area[0] * 0.7 <= frac <= area[1] * 1.3, f"seed {seed}: area fraction {frac}"
-            patch = out[:, ys.min():ys.max() + 1, xs.min():xs.max() + 1].float()
+            patch = out[:, ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].float()
             assert patch.std() > 40, "patch is not uniform noise"
     assert counts[0] > 0, "seed 0 erased nothing"
     assert len(set(counts)) > 1, f"the number of patches should vary: {counts}"
@@ -751,12 +809,14 @@ def test_teacher_view_logits_use_flipped_proposals(fg_model, mapped):
         b = pl.proposals.tensor
         mirrored = Boxes(torch.stack([SIZE - b[:, 2], b[:, 1], SIZE - b[:, 0], b[:, 3]], 1))
         boxes = [mirrored if f else pl.proposals for f in mapped[1]["teacher_flips"]]
-        logits, _ = _box_logits_by_hand(model, model.teacher.roi_heads,
-                                        list(mapped[1]["teacher_views"]), boxes)
+        logits, _ = _box_logits_by_hand(
+            model, model.teacher.roi_heads, list(mapped[1]["teacher_views"]), boxes
+        )
     want = logits.view(4, len(b), 3)
     torch.testing.assert_close(pl.view_logits, want, atol=1e-4, rtol=1e-4)
-    unflipped = _box_logits_by_hand(model, model.teacher.roi_heads,
-                                    list(mapped[1]["teacher_views"][2:3]), [pl.proposals])[0]
+    unflipped = _box_logits_by_hand(
+        model, model.teacher.roi_heads, list(mapped[1]["teacher_views"][2:3]), [pl.proposals]
+    )[0]
     assert (unflipped - pl.view_logits[2]).abs().max() > 1e-3, "flip makes no difference?"
 
 
@@ -772,8 +832,9 @@ def test_unsupervised_losses_by_hand_for_flipped_students(fg_model, mapped):
             pl.fg_mask[:SIZE, :band] = True
         model.teacher_pseudo_labels = lambda unlabeled: (pseudo, t_feats, t_images)
         try:
-            unl = [dict(d, student_views=d["teacher_views"][3:4], student_flips=[True])
-                   for d in mapped]
+            unl = [
+                dict(d, student_views=d["teacher_views"][3:4], student_flips=[True]) for d in mapped
+            ]
             losses = model.unsupervised_losses(unl)
         finally:
             del model.teacher_pseudo_labels  # back to the method
@@ -784,12 +845,15 @@ def test_unsupervised_losses_by_hand_for_flipped_students(fg_model, mapped):
             boxes.append(Boxes(torch.stack([SIZE - b[:, 2], b[:, 1], SIZE - b[:, 0], b[:, 3]], 1)))
         logits, feats = _box_logits_by_hand(model, model.roi_heads, views, boxes)
         logits = logits.split([len(b) for b in boxes])
-        psm = psm_loss(torch.cat([lg[pl.mined] for lg, pl in zip(logits, pseudo)]),
-                       torch.cat([pl.target[pl.mined] for pl in pseudo]), 1.5)
+        psm = psm_loss(
+            torch.cat([lg[pl.mined] for lg, pl in zip(logits, pseudo)]),
+            torch.cat([pl.target[pl.mined] for pl in pseudo]),
+            1.5,
+        )
         assert losses["loss_psm"].item() == pytest.approx(psm.item(), rel=1e-4)
 
         fg = torch.zeros(2, 128, 128, dtype=torch.bool)
-        fg[:, :SIZE, SIZE - band:SIZE] = True  # the band mirrored inside the 112 px image
+        fg[:, :SIZE, SIZE - band : SIZE] = True  # the band mirrored inside the 112 px image
         student = [model.mgd_adapters[f](feats[f]) for f in model.mgd_in_features]
         teacher = [model.teacher.mgd_adapters[f](t_feats[f][[2, 6]]) for f in model.mgd_in_features]
         shapes = [x.shape[-2:] for x in student]
@@ -884,8 +948,10 @@ def test_ablation_switches(fg_model, mapped):
 def test_forward_weights_unsupervised_losses(fg_model, mapped):
     """Training forward: lambda multiplies both losses; lambda = 0 or no unlabeled batch skips."""
     model = fg_model
-    labeled = [DatasetMapper(_cfg(), is_train=True)(d)
-               for d in DatasetCatalog.get("synthetic_cells_train")[:1]]
+    labeled = [
+        DatasetMapper(_cfg(), is_train=True)(d)
+        for d in DatasetCatalog.get("synthetic_cells_train")[:1]
+    ]
     try:
         with EventStorage(0):
             model.unsup_weight = 0.0
@@ -922,17 +988,23 @@ def test_student_equal_to_teacher_on_teacher_view_gives_zero_mgd(twin_model, map
         pseudo, _, _ = model.teacher_pseudo_labels(mapped)
         for v in (0, 2):
             flip = mapped[0]["teacher_flips"][v]
-            unl = [dict(d, student_views=d["teacher_views"][v:v + 1], student_flips=[flip])
-                   for d in mapped]
+            unl = [
+                dict(d, student_views=d["teacher_views"][v : v + 1], student_flips=[flip])
+                for d in mapped
+            ]
             losses = model.unsupervised_losses(unl)
             assert losses["loss_mgd"].item() < 1e-6, f"view {v}: loss_mgd {losses['loss_mgd']}"
             k = [pl.mined for pl in pseudo]
-            want = psm_loss(torch.cat([pl.view_logits[v][m] for pl, m in zip(pseudo, k)]),
-                            torch.cat([pl.target[m] for pl, m in zip(pseudo, k)]), 1.5)
+            want = psm_loss(
+                torch.cat([pl.view_logits[v][m] for pl, m in zip(pseudo, k)]),
+                torch.cat([pl.target[m] for pl, m in zip(pseudo, k)]),
+                1.5,
+            )
             assert losses["loss_psm"].item() == pytest.approx(want.item(), rel=1e-4), f"view {v}"
         # control: a flipped view declared unflipped is compared with the wrong teacher view
-        unl = [dict(d, student_views=d["teacher_views"][2:3], student_flips=[False])
-               for d in mapped]
+        unl = [
+            dict(d, student_views=d["teacher_views"][2:3], student_flips=[False]) for d in mapped
+        ]
         assert model.unsupervised_losses(unl)["loss_mgd"].item() > 1e-3
 
 

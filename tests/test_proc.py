@@ -1,4 +1,5 @@
 """sslseg.proc.run_logged: output goes to the log, failures raise with the log's tail."""
+
 import sys
 
 import pytest
@@ -8,8 +9,12 @@ from sslseg.proc import CommandFailed, run_logged
 
 def test_run_logged_writes_log_and_times(tmp_path):
     log = tmp_path / "logs" / "ok.log"
-    dt = run_logged([sys.executable, "-c", "import os; print('hi', os.environ['HF_HUB_OFFLINE'])"],
-                    log, cwd=tmp_path, tag="t")
+    dt = run_logged(
+        [sys.executable, "-c", "import os; print('hi', os.environ['HF_HUB_OFFLINE'])"],
+        log,
+        cwd=tmp_path,
+        tag="t",
+    )
     assert dt > 0
     assert log.read_text().strip() == "hi 1"
 

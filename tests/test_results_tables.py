@@ -1,4 +1,5 @@
 """tools/results_tables.py: READMEs' results tables are generated from the published JSON."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -34,10 +35,23 @@ def _bench(name, dice=43.2, commit=COMMIT):
 
 
 def _demo():
-    return {"name": "demo", "commit": COMMIT + "-dirty", "date": "2026-12-03T02:19:26Z",
-            "rows": [{"row": "unet", "method": "UNet 2D", "framework": "MONAI bundle",
-                      "dataset": "synthetic", "metrics": {"Dice %": 38.44, "HD95 vox": None},
-                      "budget": "60 epochs", "seconds": 38.0}], "torch_threads": 2}
+    return {
+        "name": "demo",
+        "commit": COMMIT + "-dirty",
+        "date": "2026-12-03T02:19:26Z",
+        "rows": [
+            {
+                "row": "unet",
+                "method": "UNet 2D",
+                "framework": "MONAI bundle",
+                "dataset": "synthetic",
+                "metrics": {"Dice %": 38.44, "HD95 vox": None},
+                "budget": "60 epochs",
+                "seconds": 38.0,
+            }
+        ],
+        "torch_threads": 2,
+    }
 
 
 @pytest.fixture
@@ -52,8 +66,9 @@ def repo(tmp_path):
     )
     docs = tmp_path / "m" / "docs"
     docs.mkdir(parents=True)
-    (docs / "README.md").write_text("## Results\n<!-- results:dmd_acdc -->\nold\n"
-                                    "<!-- /results:dmd_acdc -->\nafter\n")
+    (docs / "README.md").write_text(
+        "## Results\n<!-- results:dmd_acdc -->\nold\n" "<!-- /results:dmd_acdc -->\nafter\n"
+    )
     (tmp_path / "work").mkdir()  # skipped folder: its markdown is never touched
     (tmp_path / "work" / "x.md").write_text("<!-- results:dmd_acdc -->\n<!-- /results:dmd_acdc -->")
     return tmp_path
@@ -69,8 +84,10 @@ def test_missing_results_say_how_to_measure(repo):
     assert _main(repo, "--check") == 0
     readme = (repo / "README.md").read_text()
     assert "hand-typed" not in readme and "text" in readme
-    assert "`dmd_acdc`: not yet measured on the current code: run `make bench ONLY=dmd_acdc` " \
-           "then `python tools/results_tables.py --publish`" in readme
+    assert (
+        "`dmd_acdc`: not yet measured on the current code: run `make bench ONLY=dmd_acdc` "
+        "then `python tools/results_tables.py --publish`" in readme
+    )
     assert "`mmt_psm`: not yet measured" in readme and "_common" not in readme
     assert "run `make demo` then" in readme
     method = (repo / "m" / "docs" / "README.md").read_text()
@@ -85,7 +102,9 @@ def test_publish_renders_tables_with_commit_and_date(repo):
     (results / "demo.json").write_text(json.dumps(_demo()))
     assert _main(repo, "--publish") == 0
     assert sorted(p.name for p in (repo / "docs" / "results").iterdir()) == [
-        "demo.json", "dmd_acdc.json"]
+        "demo.json",
+        "dmd_acdc.json",
+    ]
     assert _main(repo, "--check") == 0
     method = (repo / "m" / "docs" / "README.md").read_text()
     assert "commit `0123456789` on 2026-12-03T02:19:26Z (`docs/results/dmd_acdc.json`)" in method
@@ -93,12 +112,16 @@ def test_publish_renders_tables_with_commit_and_date(repo):
     assert "| step | 2 | 1 | 2 | 2.2 | s |" in method
     assert "iterations 1000, seeds [0, 1]" in method
     readme = (repo / "README.md").read_text()
-    assert "| `dmd_acdc`: DMD, acdc | dice 43.2 | dice 21.4 | step 2.00x | `0123456789`, " \
-           "2026-12-03 |" in readme
+    assert (
+        "| `dmd_acdc`: DMD, acdc | dice 43.2 | dice 21.4 | step 2.00x | `0123456789`, "
+        "2026-12-03 |" in readme
+    )
     assert "`mmt_psm`: not yet measured" in readme
     assert "commit `0123456789 (dirty)`" in readme and "2 torch threads." in readme
-    assert "| UNet 2D | MONAI bundle | synthetic | Dice % 38.4, HD95 vox n/a | 60 epochs | 38 s |" \
-           in readme
+    assert (
+        "| UNet 2D | MONAI bundle | synthetic | Dice % 38.4, HD95 vox n/a | 60 epochs | 38 s |"
+        in readme
+    )
 
     # a new result makes the READMEs stale until they are rendered again
     (repo / "docs" / "results" / "dmd_acdc.json").write_text(json.dumps(_bench("dmd_acdc", 47.7)))

@@ -6,6 +6,7 @@ smaller, windows at ``min(stride * i, size - patch)``, sigmoid/softmax per windo
 and count, divide, crop the padding), and ``la_overlap`` must give MONAI exactly the LA strides.
 ``SliceVolumeInferer`` is checked against a per-slice loop with the same resizing.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -22,8 +23,9 @@ def _net(out_channels: int, seed: int = 0) -> torch.nn.Module:
     its output depend on where a window starts, so misplaced windows would show."""
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, out_channels, 3,
-                                                                              padding=1)
+        torch.nn.Conv3d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv3d(4, out_channels, 3, padding=1),
     ).eval()
 
 
@@ -41,8 +43,13 @@ def test_sliding_window_matches_reference_loop(shape, out_channels):
     roi, strides = (32, 32, 24), (6, 6, 4)
     net = _net(out_channels)
     image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    inferer = SlidingWindowInferer(roi_size=roi, overlap=la_overlap(roi, strides), sw_batch_size=3,
-                                   mode="constant", progress=False)
+    inferer = SlidingWindowInferer(
+        roi_size=roi,
+        overlap=la_overlap(roi, strides),
+        sw_batch_size=3,
+        mode="constant",
+        progress=False,
+    )
     with torch.no_grad():
         ours = inferer(torch.from_numpy(image)[None, None], ProbabilityNet(net))[0].numpy()
     ref = reference_sliding_window(net, image, roi, strides, out_channels)
@@ -68,11 +75,17 @@ def test_slice_volume_inferer_matches_per_slice_loop():
     volume = torch.rand(1, 1, 5, 40, 30)  # (B, C, D, H, W)
     with torch.no_grad():
         ours = SliceVolumeInferer(roi_size=(64, 64), sw_batch_size=2)(volume, prob_net)
-        ref = torch.stack([
-            F.interpolate(prob_net(F.interpolate(volume[:, :, k], size=(64, 64), mode="bilinear")),
-                          size=(40, 30), mode="bilinear")
-            for k in range(volume.shape[2])
-        ], dim=2)
+        ref = torch.stack(
+            [
+                F.interpolate(
+                    prob_net(F.interpolate(volume[:, :, k], size=(64, 64), mode="bilinear")),
+                    size=(40, 30),
+                    mode="bilinear",
+                )
+                for k in range(volume.shape[2])
+            ],
+            dim=2,
+        )
     assert ours.shape == (1, 4, 5, 40, 30)
     torch.testing.assert_close(torch.as_tensor(ours), ref)
 
@@ -81,9 +94,14 @@ def _bn_net(seed: int = 0) -> torch.nn.Module:
     """3D net with BatchNorm after a conv and after a transposed conv, non-trivial statistics."""
     torch.manual_seed(seed)
     net = torch.nn.Sequential(
-        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.BatchNorm3d(4), torch.nn.ReLU(),
-        torch.nn.Conv3d(4, 4, 2, stride=2), torch.nn.ConvTranspose3d(4, 4, 2, stride=2),
-        torch.nn.BatchNorm3d(4), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1),
+        torch.nn.Conv3d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm3d(4),
+        torch.nn.ReLU(),
+        torch.nn.Conv3d(4, 4, 2, stride=2),
+        torch.nn.ConvTranspose3d(4, 4, 2, stride=2),
+        torch.nn.BatchNorm3d(4),
+        torch.nn.ReLU(),
+        torch.nn.Conv3d(4, 2, 1),
     )
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm3d):
@@ -102,30 +120,40 @@ def test_optimized_probability_net_matches_reference_and_follows_weight_updates(
     roi, strides = (16, 16, 8), (6, 6, 4)
     net = _bn_net()
     image = np.random.default_rng(1).standard_normal((30, 26, 14)).astype(np.float32)
-    inferer = SlidingWindowInferer(roi_size=roi, overlap=la_overlap(roi, strides), mode="constant",
-                                   sw_batch_size=4, progress=False)  # last batch smaller
+    inferer = SlidingWindowInferer(
+        roi_size=roi,
+        overlap=la_overlap(roi, strides),
+        mode="constant",
+        sw_batch_size=4,
+        progress=False,
+    )  # last batch smaller
     fast = ProbabilityNet(net, optimize=True, compile=compile_).eval()
     with torch.no_grad():
         ours = inferer(torch.from_numpy(image)[None, None], fast)[0].numpy()
-    np.testing.assert_allclose(ours, reference_sliding_window(net, image, roi, strides, 2),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        ours, reference_sliding_window(net, image, roi, strides, 2), atol=1e-5
+    )
     copies = fast._inference_copies
-    assert len(copies) == 1 and not any(isinstance(m, torch.nn.BatchNorm3d)
-                                        for m in copies[0].modules())
+    assert len(copies) == 1 and not any(
+        isinstance(m, torch.nn.BatchNorm3d) for m in copies[0].modules()
+    )
     assert all(isinstance(m, torch.nn.BatchNorm3d) for m in (net[1], net[5]))  # original intact
     with torch.no_grad():
         net[0].weight.mul_(-1.0)  # an optimizer step changes parameters in place like this
         after = inferer(torch.from_numpy(image)[None, None], fast)[0].numpy()
-    np.testing.assert_allclose(after, reference_sliding_window(net, image, roi, strides, 2),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        after, reference_sliding_window(net, image, roi, strides, 2), atol=1e-5
+    )
     assert np.abs(after - ours).max() > 1e-3
 
 
 def test_compiled_probability_net_falls_back_to_eager(monkeypatch):
     """A compiler that fails (no C++ compiler, say) warns once and the eager copy answers."""
+
     def broken(*args, **kwargs):
         def fail(x):
             raise RuntimeError("no compiler here")
+
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)

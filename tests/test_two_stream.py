@@ -1,4 +1,5 @@
 """Two-stream labeled/unlabeled loading, epoch reseeding and the checkpointable RNG state."""
+
 import io
 import random
 
@@ -11,8 +12,8 @@ from monai.transforms import Compose, RandGaussianNoised
 
 from monai_bundles.common.rng import RNGState
 from monai_bundles.common.two_stream import (
-    TwoStreamEpochSeeder,
     EpochTwoStreamLoader,
+    TwoStreamEpochSeeder,
     build_two_stream_loader,
 )
 
@@ -38,8 +39,12 @@ def _loader(seed=0, num_workers=0, epoch_length=7):
 def _draw(loader):
     """[(labeled ids, unlabeled ids, labeled images, unlabeled images)] of one pass."""
     return [
-        (s["labeled"]["id"].tolist(), s["unlabeled"]["id"].tolist(), s["labeled"]["image"],
-         s["unlabeled"]["image"])
+        (
+            s["labeled"]["id"].tolist(),
+            s["unlabeled"]["id"].tolist(),
+            s["labeled"]["image"],
+            s["unlabeled"]["image"],
+        )
         for s in loader
     ]
 
@@ -147,6 +152,7 @@ def test_look_ahead_over_passes_draws_the_same_batches_as_plain_passes():
         return out[:n]
 
     lab, unl = passes(plain.labeled_loader, 7), passes(plain.unlabeled_loader, 7)
-    expected = [(a["id"].tolist(), b["id"].tolist(), a["image"], b["image"])
-                for a, b in zip(lab, unl)]
+    expected = [
+        (a["id"].tolist(), b["id"].tolist(), a["image"], b["image"]) for a, b in zip(lab, unl)
+    ]
     assert _same(looked_ahead, expected)

@@ -1,5 +1,6 @@
 """constraints.txt is the one place versions are decided: requirements.txt, the installed
 environment and every bundle's metadata.json must agree with it."""
+
 import importlib.metadata
 import json
 import re
@@ -40,9 +41,9 @@ def test_constraints_pin_every_requirement():
         req = Requirement(line)
         name = canonicalize_name(req.name)
         assert name in pins, f"requirements.txt names {req.name}; constraints.txt has no pin"
-        assert req.specifier.contains(pins[name], prereleases=True), (
-            f"constraints.txt pins {req.name}=={pins[name]}, outside requirements.txt's {line!r}"
-        )
+        assert req.specifier.contains(
+            pins[name], prereleases=True
+        ), f"constraints.txt pins {req.name}=={pins[name]}, outside requirements.txt's {line!r}"
 
 
 def test_installed_versions_are_the_pinned_ones():
@@ -60,8 +61,11 @@ def test_installed_versions_are_the_pinned_ones():
 def test_bundle_metadata_versions_equal_the_pins(path):
     pins = _pins()
     meta = json.loads(path.read_text())
-    named = {"monai": meta["monai_version"], "torch": meta["pytorch_version"],
-             "numpy": meta["numpy_version"]}
+    named = {
+        "monai": meta["monai_version"],
+        "torch": meta["pytorch_version"],
+        "numpy": meta["numpy_version"],
+    }
     for key in ("required_packages_version", "optional_packages_version"):
         named.update(meta.get(key, {}))
     assert len(named) > 3

@@ -7,6 +7,7 @@ Real data is read from the data root (``SSLSEG_DATA`` or ``../shared/data``). Ea
 the commit and date of its run; ``tools/results_tables.py --publish`` copies results to
 ``docs/results/`` and renders the READMEs' tables from them.
 """
+
 import argparse
 import importlib.util
 import json
@@ -39,8 +40,13 @@ def run_one(name: str, results: Path, extra: list) -> dict:
     args = parser.parse_args(extra)
     t0 = time.perf_counter()
     res = mod.run(args)
-    res = {"name": name, **res, "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
-           **provenance(REPO)}
+    res = {
+        "name": name,
+        **res,
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
+        **provenance(REPO),
+    }
     validate_result(res)
     write_json_atomic(res, results / f"{name}.json", indent=2)
     return res
@@ -68,17 +74,21 @@ def main():
     failed = []
     for name in chosen:
         print(f"[bench] {name} ...", flush=True)
-        rc = subprocess.call([sys.executable, __file__, "--child", name, "--results", str(results),
-                              *extra])
+        rc = subprocess.call(
+            [sys.executable, __file__, "--child", name, "--results", str(results), *extra]
+        )
         if rc != 0:
             failed.append(name)
             print(f"[bench] {name} FAILED (exit {rc})", flush=True)
             continue
         with open(results / f"{name}.json") as f:
             res = json.load(f)
-        print(f"[bench] {name}: metrics {res['metrics']} | baseline {res['baseline_metrics']} | "
-              f"speed { {k: round(v['ratio'], 3) for k, v in res['speed'].items()} } | "
-              f"{res['wall_s']:.0f} s, {res['peak_rss_mb']:.0f} MB", flush=True)
+        print(
+            f"[bench] {name}: metrics {res['metrics']} | baseline {res['baseline_metrics']} | "
+            f"speed { {k: round(v['ratio'], 3) for k, v in res['speed'].items()} } | "
+            f"{res['wall_s']:.0f} s, {res['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
     if any((results / f"{n}.json").exists() for n in names):
         print(f"[bench] summary: {write_summary(results)}")
     if failed:

@@ -16,6 +16,7 @@ and date (``results/demo.json``; ``tools/results_tables.py --publish demo`` puts
     python tools/demo.py                        # every row
     python tools/demo.py --only unet,dmd        # some rows
 """
+
 import argparse
 import json
 import os
@@ -54,18 +55,31 @@ def _train_net(cfg: str, odir: Path, opts, log: Path):
     dt = _run([PY, "tools/train_net.py", "--config-file", cfg, "OUTPUT_DIR", odir, *opts], log)
     res = json.loads((odir / "final_metrics.json").read_text())
     segm, cells = res.get("segm", {}), res.get("cells", {})
-    metrics = {"mask mAP": segm.get("AP"), "mask AP50": segm.get("AP50"),
-               "AJI": cells.get("AJI"), "inst. Dice": cells.get("InstDice")}
+    metrics = {
+        "mask mAP": segm.get("AP"),
+        "mask AP50": segm.get("AP50"),
+        "AJI": cells.get("AJI"),
+        "inst. Dice": cells.get("InstDice"),
+    }
     return metrics, dt
 
 
 def demo_maskrcnn(out: Path, iters: int):
     """Supervised Mask R-CNN (R-18 FPN, 256 px) on synthetic overlapping cells."""
-    metrics, dt = _train_net("configs/supervised/synthetic_cells_demo.yaml",
-                             out / "maskrcnn_supervised", ["SOLVER.MAX_ITER", iters],
-                             out / "logs" / "maskrcnn_supervised.log")
-    return ("Mask R-CNN (supervised)", "Detectron2", "synthetic cells (8 train / 4 test)",
-            metrics, dt, f"{iters} iters")
+    metrics, dt = _train_net(
+        "configs/supervised/synthetic_cells_demo.yaml",
+        out / "maskrcnn_supervised",
+        ["SOLVER.MAX_ITER", iters],
+        out / "logs" / "maskrcnn_supervised.log",
+    )
+    return (
+        "Mask R-CNN (supervised)",
+        "Detectron2",
+        "synthetic cells (8 train / 4 test)",
+        metrics,
+        dt,
+        f"{iters} iters",
+    )
 
 
 def demo_mmt_psm(out: Path, iters: int):
@@ -73,14 +87,34 @@ def demo_mmt_psm(out: Path, iters: int):
     images: labeled-only burn-in for the first half, then the full method; the teacher is
     evaluated."""
     half = iters // 2
-    opts = ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", f"({int(0.75 * iters)},)",
-            "MODEL.MMT_PSM.BURN_IN_ITERS", half, "MODEL.MMT_PSM.EMA_START_ITER", half - 1,
-            "MODEL.MMT_PSM.RAMP_UP_ITERS", max(1, iters // 6),
-            "MODEL.MMT_PSM.RAMP_DOWN_ITERS", max(1, iters // 6)]
-    metrics, dt = _train_net("configs/mmt_psm/synthetic_cells_demo.yaml", out / "mmt_psm", opts,
-                             out / "logs" / "mmt_psm.log")
-    return ("MMT-PSM (teacher)", "Detectron2", "synthetic cells (8 lab. + 8 unlab. / 4 test)",
-            metrics, dt, f"{iters} iters ({half} burn-in)")
+    opts = [
+        "SOLVER.MAX_ITER",
+        iters,
+        "SOLVER.STEPS",
+        f"({int(0.75 * iters)},)",
+        "MODEL.MMT_PSM.BURN_IN_ITERS",
+        half,
+        "MODEL.MMT_PSM.EMA_START_ITER",
+        half - 1,
+        "MODEL.MMT_PSM.RAMP_UP_ITERS",
+        max(1, iters // 6),
+        "MODEL.MMT_PSM.RAMP_DOWN_ITERS",
+        max(1, iters // 6),
+    ]
+    metrics, dt = _train_net(
+        "configs/mmt_psm/synthetic_cells_demo.yaml",
+        out / "mmt_psm",
+        opts,
+        out / "logs" / "mmt_psm.log",
+    )
+    return (
+        "MMT-PSM (teacher)",
+        "Detectron2",
+        "synthetic cells (8 lab. + 8 unlab. / 4 test)",
+        metrics,
+        dt,
+        f"{iters} iters ({half} burn-in)",
+    )
 
 
 def _synthetic_slices(out: Path) -> tuple:
@@ -89,8 +123,9 @@ def _synthetic_slices(out: Path) -> tuple:
 
     data = out / "data" / "slices"
     _fresh(data)
-    return data, make_slices(data, num_volumes=6, depth=8, size=64, num_classes=4, seed=0,
-                             num_labeled=2)
+    return data, make_slices(
+        data, num_volumes=6, depth=8, size=64, num_classes=4, seed=0, num_labeled=2
+    )
 
 
 def _bundle(configs, overrides: dict, log: Path) -> float:
@@ -102,8 +137,12 @@ def _bundle(configs, overrides: dict, log: Path) -> float:
 def _semantic_metrics(eval_dir: Path) -> dict:
     """Mean metrics of a bundle evaluation's metrics.json (Dice/Jaccard in percent)."""
     agg = json.loads((eval_dir / "metrics.json").read_text())["mean"]
-    return {"Dice %": 100 * agg["dice_mean"], "Jaccard %": 100 * agg["jaccard_mean"],
-            "HD95 vox": agg["hd95_mean"], "ASD vox": agg["asd_mean"]}
+    return {
+        "Dice %": 100 * agg["dice_mean"],
+        "Jaccard %": 100 * agg["jaccard_mean"],
+        "HD95 vox": agg["hd95_mean"],
+        "ASD vox": agg["asd_mean"],
+    }
 
 
 def demo_unet(out: Path, epochs: int):
@@ -111,15 +150,31 @@ def demo_unet(out: Path, epochs: int):
     data, datalist = _synthetic_slices(out)
     _fresh(out / "unet")
     cfg = "monai_bundles/supervised_unet/configs"
-    common = {"dataset_dir": data, "datalist": datalist, "ckpt_dir": out / "unet" / "models",
-              "output_dir": out / "unet" / "eval", "patch_size": [64, 64], "batch_size": 8,
-              "num_workers": 0}
-    dt = _bundle([f"{cfg}/train.json"], {**common, "max_epochs": epochs, "val_interval": epochs},
-                 out / "logs" / "unet_train.log")
-    dt += _bundle([f"{cfg}/train.json", f"{cfg}/evaluate.json"], common,
-                  out / "logs" / "unet_evaluate.log")
-    return ("UNet 2D (supervised)", "MONAI bundle", "synthetic ACDC-like (2 lab. vol, 2 val vol)",
-            _semantic_metrics(out / "unet" / "eval"), dt, f"{epochs} epochs")
+    common = {
+        "dataset_dir": data,
+        "datalist": datalist,
+        "ckpt_dir": out / "unet" / "models",
+        "output_dir": out / "unet" / "eval",
+        "patch_size": [64, 64],
+        "batch_size": 8,
+        "num_workers": 0,
+    }
+    dt = _bundle(
+        [f"{cfg}/train.json"],
+        {**common, "max_epochs": epochs, "val_interval": epochs},
+        out / "logs" / "unet_train.log",
+    )
+    dt += _bundle(
+        [f"{cfg}/train.json", f"{cfg}/evaluate.json"], common, out / "logs" / "unet_evaluate.log"
+    )
+    return (
+        "UNet 2D (supervised)",
+        "MONAI bundle",
+        "synthetic ACDC-like (2 lab. vol, 2 val vol)",
+        _semantic_metrics(out / "unet" / "eval"),
+        dt,
+        f"{epochs} epochs",
+    )
 
 
 def demo_dmd(out: Path, iterations: int):
@@ -129,33 +184,63 @@ def demo_dmd(out: Path, iterations: int):
     _fresh(out / "dmd")
     cfg = "monai_bundles/dmd/configs"
     train = [f"{cfg}/train.json", f"{cfg}/train_acdc.json"]
-    common = {"dataset_dir": data, "datalist": datalist, "ckpt_dir": out / "dmd" / "models",
-              "output_dir": out / "dmd" / "eval", "patch_size": [64, 64],
-              "labeled_batch_size": 4, "unlabeled_batch_size": 4, "num_workers": 0}
-    dt = _bundle(train, {**common, "max_iterations": iterations, "epoch_length": iterations,
-                         "lr_step": iterations, "val_interval": 1},
-                 out / "logs" / "dmd_train.log")
-    dt += _bundle([*train, f"{cfg}/evaluate.json"],
-                  {**common, "eval_checkpoint": out / "dmd" / "models" / "checkpoint_final.pt"},
-                  out / "logs" / "dmd_evaluate.log")
-    return ("DMD (2 x U-Net 2D)", "MONAI bundle", "synthetic ACDC-like (2 lab. + 2 unlab. vol)",
-            _semantic_metrics(out / "dmd" / "eval"), dt, f"{iterations} iters")
+    common = {
+        "dataset_dir": data,
+        "datalist": datalist,
+        "ckpt_dir": out / "dmd" / "models",
+        "output_dir": out / "dmd" / "eval",
+        "patch_size": [64, 64],
+        "labeled_batch_size": 4,
+        "unlabeled_batch_size": 4,
+        "num_workers": 0,
+    }
+    dt = _bundle(
+        train,
+        {
+            **common,
+            "max_iterations": iterations,
+            "epoch_length": iterations,
+            "lr_step": iterations,
+            "val_interval": 1,
+        },
+        out / "logs" / "dmd_train.log",
+    )
+    dt += _bundle(
+        [*train, f"{cfg}/evaluate.json"],
+        {**common, "eval_checkpoint": out / "dmd" / "models" / "checkpoint_final.pt"},
+        out / "logs" / "dmd_evaluate.log",
+    )
+    return (
+        "DMD (2 x U-Net 2D)",
+        "MONAI bundle",
+        "synthetic ACDC-like (2 lab. + 2 unlab. vol)",
+        _semantic_metrics(out / "dmd" / "eval"),
+        dt,
+        f"{iterations} iters",
+    )
 
 
 def _fmt_metrics(m):
-    return ", ".join(f"{k} {v:.1f}" if isinstance(v, (int, float)) else f"{k} n/a"
-                     for k, v in m.items())
+    return ", ".join(
+        f"{k} {v:.1f}" if isinstance(v, (int, float)) else f"{k} n/a" for k, v in m.items()
+    )
 
 
-ROWS = {"maskrcnn": ("maskrcnn_iters", demo_maskrcnn), "mmt_psm": ("mmt_psm_iters", demo_mmt_psm),
-        "unet": ("unet_epochs", demo_unet), "dmd": ("dmd_iterations", demo_dmd)}
+ROWS = {
+    "maskrcnn": ("maskrcnn_iters", demo_maskrcnn),
+    "mmt_psm": ("mmt_psm_iters", demo_mmt_psm),
+    "unet": ("unet_epochs", demo_unet),
+    "dmd": ("dmd_iterations", demo_dmd),
+}
 HEADER = ("method", "framework", "dataset", "metrics (held-out images)", "budget")
 
 
 def format_table(rows) -> str:
     """The printed table: one line per row, no wall times (they differ from run to run)."""
-    table = [HEADER] + [(r["method"], r["framework"], r["dataset"], _fmt_metrics(r["metrics"]),
-                         r["budget"]) for r in rows]
+    table = [HEADER] + [
+        (r["method"], r["framework"], r["dataset"], _fmt_metrics(r["metrics"]), r["budget"])
+        for r in rows
+    ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(HEADER))]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -166,8 +251,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "work" / "demo"), help="output folder")
     ap.add_argument("--only", default="", help=f"comma-separated rows of {list(ROWS)}; default all")
-    ap.add_argument("--json", default=str(REPO / "results" / "demo.json"),
-                    help="where to write the table as JSON (with commit and date)")
+    ap.add_argument(
+        "--json",
+        default=str(REPO / "results" / "demo.json"),
+        help="where to write the table as JSON (with commit and date)",
+    )
     ap.add_argument("--maskrcnn-iters", type=int, default=60)
     ap.add_argument("--mmt-psm-iters", type=int, default=60)
     ap.add_argument("--unet-epochs", type=int, default=60)
@@ -184,21 +272,39 @@ def main():
     for name in chosen:
         budget_arg, fn = ROWS[name]
         method, framework, dataset, metrics, seconds, budget = fn(out, getattr(args, budget_arg))
-        rows.append({"row": name, "method": method, "framework": framework, "dataset": dataset,
-                     "metrics": metrics, "budget": budget, "seconds": round(seconds, 1)})
+        rows.append(
+            {
+                "row": name,
+                "method": method,
+                "framework": framework,
+                "dataset": dataset,
+                "metrics": metrics,
+                "budget": budget,
+                "seconds": round(seconds, 1),
+            }
+        )
     print("\n" + format_table(rows))
     print("\nwall time: " + ", ".join(f"{r['row']} {r['seconds']:.0f} s" for r in rows))
-    print("\nTrained from scratch on synthetic data for a short CPU budget: the figures show the "
-          "pipelines work end to end, not what the methods reach; rows differ in trainer, loss "
-          "and budget, so they are not a comparison of methods (see `make bench` for that).")
+    print(
+        "\nTrained from scratch on synthetic data for a short CPU budget: the figures show the "
+        "pipelines work end to end, not what the methods reach; rows differ in trainer, loss "
+        "and budget, so they are not a comparison of methods (see `make bench` for that)."
+    )
     import torch  # after the runs: only to record the thread count they used
 
-    res = {"name": "demo", **provenance(REPO), "rows": rows,
-           "settings": {k: v for k, v in vars(args).items() if k not in ("out", "json")},
-           "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__}
+    res = {
+        "name": "demo",
+        **provenance(REPO),
+        "rows": rows,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "json")},
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
     write_json_atomic(res, Path(args.json), indent=2)
-    print(f"\n[demo] table written to {args.json} (publish: python tools/results_tables.py "
-          f"--publish demo)")
+    print(
+        f"\n[demo] table written to {args.json} (publish: python tools/results_tables.py "
+        f"--publish demo)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ saying how to measure it.
     python tools/results_tables.py --publish   # copy results/*.json to docs/results/, rewrite
     python tools/results_tables.py --publish dmd_acdc demo   # only these
 """
+
 import argparse
 import json
 import os
@@ -58,8 +59,10 @@ def _provenance(res: dict, path: str) -> str:
 
 def _missing(name: str) -> str:
     make = "make demo" if name == "demo" else f"make bench ONLY={name}"
-    return (f"`{name}`: not yet measured on the current code: run `{make}` then "
-            f"`python tools/results_tables.py --publish`.")
+    return (
+        f"`{name}`: not yet measured on the current code: run `{make}` then "
+        f"`python tools/results_tables.py --publish`."
+    )
 
 
 def validate_demo(res: dict) -> None:
@@ -70,8 +73,11 @@ def validate_demo(res: dict) -> None:
         errors.append("'rows' must be a non-empty list")
     else:
         for i, r in enumerate(rows):
-            miss = [k for k in ("method", "framework", "dataset", "metrics", "budget", "seconds")
-                    if k not in r]
+            miss = [
+                k
+                for k in ("method", "framework", "dataset", "metrics", "budget", "seconds")
+                if k not in r
+            ]
             if miss:
                 errors.append(f"row {i} lacks {miss}")
     if errors:
@@ -112,16 +118,26 @@ def render_benchmark(res: dict, path: str) -> str:
     if res["speed"]:
         out += [""] + _table(
             ["speed", "ours", "reference", "ratio", "target (ratio at most)", "unit"],
-            [[k, s["ours"], s["reference"], s["ratio"], s["target"], s["unit"]]
-             for k, s in res["speed"].items()])
+            [
+                [k, s["ours"], s["reference"], s["ratio"], s["target"], s["unit"]]
+                for k, s in res["speed"].items()
+            ],
+        )
     # scalars and short lists (seeds, sizes); nested details and long lists stay in the JSON
-    scalars = {k: v for k, v in res["budget"].items()
-               if isinstance(v, (int, float, str, bool)) or (
-                   isinstance(v, list) and len(v) <= 6
-                   and all(isinstance(x, (int, float, str)) for x in v))}
+    scalars = {
+        k: v
+        for k, v in res["budget"].items()
+        if isinstance(v, (int, float, str, bool))
+        or (
+            isinstance(v, list) and len(v) <= 6 and all(isinstance(x, (int, float, str)) for x in v)
+        )
+    }
     budget = ", ".join(f"{k} {v}" for k, v in scalars.items())
-    out += ["", f"Budget: {budget}; wall time {res['wall_s']:.0f} s, peak memory "
-                f"{res['peak_rss_mb']:.0f} MB."]
+    out += [
+        "",
+        f"Budget: {budget}; wall time {res['wall_s']:.0f} s, peak memory "
+        f"{res['peak_rss_mb']:.0f} MB.",
+    ]
     return "\n".join(out)
 
 
@@ -135,8 +151,15 @@ def render_summary(results: Dict[str, Optional[dict]]) -> str:
         base = ", ".join(f"{k} {_fmt(v)}" for k, v in res["baseline_metrics"].items())
         speed = ", ".join(f"{k} {s['ratio']:.2f}x" for k, s in res["speed"].items())
         commit = res["commit"][:10] + ("-dirty" if res["commit"].endswith("-dirty") else "")
-        rows.append([f"`{name}`: {res['method']}, {res['dataset']}", ours, base, speed,
-                     f"`{commit}`, {res['date'][:10]}"])
+        rows.append(
+            [
+                f"`{name}`: {res['method']}, {res['dataset']}",
+                ours,
+                base,
+                speed,
+                f"`{commit}`, {res['date'][:10]}",
+            ]
+        )
     out = []
     if rows:
         out += _table(["benchmark", "ours", "baseline", "speed (ratio)", "commit, date"], rows)
@@ -146,14 +169,28 @@ def render_summary(results: Dict[str, Optional[dict]]) -> str:
 
 
 def render_demo(res: dict, path: str) -> str:
-    rows = [[r["method"], r["framework"], r["dataset"],
-             ", ".join(f"{k} {v:.1f}" if isinstance(v, (int, float)) else f"{k} n/a"
-                       for k, v in r["metrics"].items()),
-             r["budget"], f"{r['seconds']:.0f} s"] for r in res["rows"]]
+    rows = [
+        [
+            r["method"],
+            r["framework"],
+            r["dataset"],
+            ", ".join(
+                f"{k} {v:.1f}" if isinstance(v, (int, float)) else f"{k} n/a"
+                for k, v in r["metrics"].items()
+            ),
+            r["budget"],
+            f"{r['seconds']:.0f} s",
+        ]
+        for r in res["rows"]
+    ]
     threads = f" {res['torch_threads']} torch threads." if "torch_threads" in res else ""
     out = [_provenance(res, path) + threads, ""]
-    return "\n".join(out + _table(["method", "framework", "dataset", "metrics (held-out images)",
-                                   "budget", "time"], rows))
+    return "\n".join(
+        out
+        + _table(
+            ["method", "framework", "dataset", "metrics (held-out images)", "budget", "time"], rows
+        )
+    )
 
 
 def render(name: str, published: Path, repo: Path = REPO) -> str:
@@ -171,8 +208,9 @@ def render(name: str, published: Path, repo: Path = REPO) -> str:
 
 
 def update_text(text: str, published: Path, repo: Path = REPO) -> str:
-    return MARKER.sub(lambda m: m.group(1) + render(m.group(2), published, repo) + "\n"
-                      + m.group(4), text)
+    return MARKER.sub(
+        lambda m: m.group(1) + render(m.group(2), published, repo) + "\n" + m.group(4), text
+    )
 
 
 def markdown_files(repo: Path = REPO) -> List[Path]:
@@ -180,8 +218,11 @@ def markdown_files(repo: Path = REPO) -> List[Path]:
     found = []
     for folder, dirs, files in os.walk(repo):
         dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
-        found += [Path(folder) / f for f in files if f.endswith(".md")
-                  and MARKER.search((Path(folder) / f).read_text())]
+        found += [
+            Path(folder) / f
+            for f in files
+            if f.endswith(".md") and MARKER.search((Path(folder) / f).read_text())
+        ]
     return sorted(found)
 
 
@@ -204,12 +245,17 @@ def publish(names: List[str], results: Path, published: Path) -> List[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only check; exit 1 if out of date")
-    ap.add_argument("--publish", nargs="*", metavar="NAME",
-                    help="copy results/NAME.json (default: all) to docs/results/ first")
+    ap.add_argument(
+        "--publish",
+        nargs="*",
+        metavar="NAME",
+        help="copy results/NAME.json (default: all) to docs/results/ first",
+    )
     ap.add_argument("--repo", default=str(REPO), help=argparse.SUPPRESS)
     ap.add_argument("--results", default=None, help="result folder (default: <repo>/results)")
-    ap.add_argument("--published", default=None,
-                    help="published folder (default: <repo>/docs/results)")
+    ap.add_argument(
+        "--published", default=None, help="published folder (default: <repo>/docs/results)"
+    )
     args = ap.parse_args(argv)
     repo = Path(args.repo)
     results = Path(args.results) if args.results else repo / "results"
@@ -226,8 +272,11 @@ def main(argv=None) -> int:
                 path.write_text(new)
                 print(f"[results] updated {path.relative_to(repo)}")
     if args.check and stale:
-        print("out of date (run `python tools/results_tables.py`): "
-              + ", ".join(str(p.relative_to(repo)) for p in stale), file=sys.stderr)
+        print(
+            "out of date (run `python tools/results_tables.py`): "
+            + ", ".join(str(p.relative_to(repo)) for p in stale),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -134,8 +134,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     metadata = MetadataCatalog.get(dataset) if dataset else None
     if metadata is None or not metadata.get("thing_classes", None):
         # class names for the unlabeled figure when no labeled set is visualised
-        names = [n for n in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN)
-                 if MetadataCatalog.get(n).get("thing_classes", None)]
+        names = [
+            n
+            for n in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN)
+            if MetadataCatalog.get(n).get("thing_classes", None)
+        ]
         metadata = MetadataCatalog.get(names[0]) if names else MetadataCatalog.get("__unused")
 
     written = []

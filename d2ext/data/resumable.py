@@ -52,7 +52,9 @@ def resumable_loader_kwargs(cfg, mapper, dataset_dicts, seed_offset: int = 0) ->
     (mapper ``None``: detectron2's ``DatasetMapper(cfg, True)``)."""
     seed = _stream_seed(cfg.SEED, seed_offset)
     kwargs = _train_loader_from_config(
-        cfg, mapper, dataset=dataset_dicts,
+        cfg,
+        mapper,
+        dataset=dataset_dicts,
         sampler=ResumableTrainingSampler(len(dataset_dicts), seed=seed),
     )
     kwargs["seed"] = seed

@@ -109,9 +109,7 @@ def _two_stream_loader_from_config(cfg, mapper=None, unlabeled_mapper=None):
 
 
 @configurable(from_config=_two_stream_loader_from_config)
-def build_two_stream_train_loader(
-    *, labeled: Dict, unlabeled: Dict
-) -> ResumableTwoStreamLoader:
+def build_two_stream_train_loader(*, labeled: Dict, unlabeled: Dict) -> ResumableTwoStreamLoader:
     """Build the labeled and unlabeled detectron2 train loaders and zip them.
 
     Called as ``build_two_stream_train_loader(cfg, mapper=None, unlabeled_mapper=None)``:

@@ -44,9 +44,9 @@ def ema_update_(teacher: nn.Module, student: nn.Module, alpha: float) -> None:
     """
     t_state = teacher.state_dict(keep_vars=True)
     s_state = student.state_dict(keep_vars=True)
-    assert t_state.keys() == s_state.keys(), (
-        f"teacher/student state differs: {sorted(set(t_state) ^ set(s_state))[:5]}"
-    )
+    assert (
+        t_state.keys() == s_state.keys()
+    ), f"teacher/student state differs: {sorted(set(t_state) ^ set(s_state))[:5]}"
     for k, t in t_state.items():
         s = s_state[k].detach()
         assert t.shape == s.shape, f"{k}: teacher {tuple(t.shape)} vs student {tuple(s.shape)}"

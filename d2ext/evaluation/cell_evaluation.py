@@ -19,8 +19,8 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvalua
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from sslseg.metrics.common import nan_to_none
 from sslseg.metrics.cells import evaluate_cells, segmentation_to_rle
+from sslseg.metrics.common import nan_to_none
 from sslseg.metrics.instance import to_rles
 
 __all__ = ["CellInstanceEvaluator", "build_cell_evaluators"]

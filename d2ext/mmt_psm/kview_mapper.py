@@ -120,7 +120,7 @@ class KViewMapper:
             pw = min(w, max(1, int(round((area / ratio) ** 0.5))))
             y = int(torch.randint(0, h - ph + 1, ()))
             x = int(torch.randint(0, w - pw + 1, ()))
-            out[:, y: y + ph, x: x + pw] = torch.randint(
+            out[:, y : y + ph, x : x + pw] = torch.randint(
                 0, 256, (out.shape[0], ph, pw), dtype=out.dtype
             )
         return out

@@ -78,9 +78,9 @@ def mine_proposals(
     Returns:
         (R,) bool mask of the kept proposals.
     """
-    assert hard_labels.shape == sensitivity.shape, (
-        f"hard_labels {tuple(hard_labels.shape)} and sensitivity {tuple(sensitivity.shape)} differ"
-    )
+    assert (
+        hard_labels.shape == sensitivity.shape
+    ), f"hard_labels {tuple(hard_labels.shape)} and sensitivity {tuple(sensitivity.shape)} differ"
     fg = hard_labels != bg_index
     keep = fg.clone()
     num_bg = min(int(math.floor(bg_per_fg * int(fg.sum()))), int((~fg).sum()))
@@ -105,15 +105,18 @@ def psm_loss(
     Returns:
         scalar; 0 (connected to the graph) when R == 0.
     """
-    assert student_logits.shape == target.shape, (
-        f"student logits {tuple(student_logits.shape)} vs target {tuple(target.shape)}"
-    )
+    assert (
+        student_logits.shape == target.shape
+    ), f"student logits {tuple(student_logits.shape)} vs target {tuple(target.shape)}"
     if student_logits.numel() == 0:
         return student_logits.sum() * 0.0
     target = target.detach()
     bg = target.argmax(-1) == target.shape[1] - 1
-    weight = torch.where(bg, torch.full_like(bg, bg_weight, dtype=target.dtype),
-                         torch.ones_like(bg, dtype=target.dtype))
+    weight = torch.where(
+        bg,
+        torch.full_like(bg, bg_weight, dtype=target.dtype),
+        torch.ones_like(bg, dtype=target.dtype),
+    )
     ce = -(target * F.log_softmax(student_logits, dim=-1)).sum(-1)
     return (weight * ce).mean()
 
@@ -157,9 +160,9 @@ def mgd_loss(
         scalar; 0 (connected to the graph) when no cell is foreground.
     """
     assert len(student) == len(teacher) == len(masks), "one student/teacher/mask per level"
-    assert normalize in MGD_NORMALIZATIONS, (
-        f"MODEL.MMT_PSM.MGD_NORMALIZE must be one of {MGD_NORMALIZATIONS}, got {normalize!r}"
-    )
+    assert (
+        normalize in MGD_NORMALIZATIONS
+    ), f"MODEL.MMT_PSM.MGD_NORMALIZE must be one of {MGD_NORMALIZATIONS}, got {normalize!r}"
     sums, counts = [], []
     for s, t, m in zip(student, teacher, masks):
         assert s.shape == t.shape and m.shape[-2:] == s.shape[-2:], (

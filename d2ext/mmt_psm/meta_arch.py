@@ -88,8 +88,9 @@ def _flip_within(mask: torch.Tensor, width: int) -> torch.Tensor:
     return out
 
 
-def _box_logits(roi_heads: StandardROIHeads, features: Dict[str, torch.Tensor],
-                boxes: List[Boxes]) -> Tuple[torch.Tensor, torch.Tensor]:
+def _box_logits(
+    roi_heads: StandardROIHeads, features: Dict[str, torch.Tensor], boxes: List[Boxes]
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Box-head class logits (sum_i R_i, C+1) and box deltas for given boxes, one list entry per
     image of ``features`` (as ``StandardROIHeads._forward_box`` without sampling or losses)."""
     x = roi_heads.box_pooler([features[f] for f in roi_heads.box_in_features], boxes)
@@ -128,12 +129,13 @@ class MMTPSMRCNN(GeneralizedRCNN):
             kwargs: ``GeneralizedRCNN`` arguments (the student).
         """
         super().__init__(**kwargs)
-        assert eval_model in ("teacher", "student"), (
-            f"MODEL.MMT_PSM.EVAL_MODEL must be 'teacher' or 'student', got {eval_model!r}"
-        )
-        assert isinstance(self.roi_heads, StandardROIHeads), (
-            f"MMT-PSM needs StandardROIHeads (box + mask head), got {type(self.roi_heads).__name__}"
-        )
+        assert eval_model in (
+            "teacher",
+            "student",
+        ), f"MODEL.MMT_PSM.EVAL_MODEL must be 'teacher' or 'student', got {eval_model!r}"
+        assert isinstance(
+            self.roi_heads, StandardROIHeads
+        ), f"MMT-PSM needs StandardROIHeads (box + mask head), got {type(self.roi_heads).__name__}"
         shapes = self.backbone.output_shape()
         missing = [f for f in mgd_in_features if f not in shapes]
         assert not missing, f"MGD_IN_FEATURES {missing} not in backbone outputs {list(shapes)}"
@@ -209,7 +211,7 @@ class MMTPSMRCNN(GeneralizedRCNN):
             yield getattr(self, name), getattr(self.teacher, name)
 
     def evaluated_model(self) -> str:
-        """"teacher" or "student": the network that predicts in eval mode."""
+        """ "teacher" or "student": the network that predicts in eval mode."""
         if self.eval_model == "teacher" and not bool(self.teacher_ready):
             return "student"
         return self.eval_model
@@ -222,9 +224,11 @@ class MMTPSMRCNN(GeneralizedRCNN):
             if self.evaluated_model() == "teacher":
                 return self.teacher(batched_inputs)
             if self.eval_model == "teacher":
-                log_first_n(logging.WARNING,
-                            "[MMTPSMRCNN] teacher not initialised yet: evaluating the student",
-                            name=__name__)
+                log_first_n(
+                    logging.WARNING,
+                    "[MMTPSMRCNN] teacher not initialised yet: evaluating the student",
+                    name=__name__,
+                )
             return super().forward(batched_inputs)
 
         if isinstance(batched_inputs, tuple):
@@ -285,7 +289,7 @@ class MMTPSMRCNN(GeneralizedRCNN):
         out = []
         pad_h, pad_w = images.tensor.shape[-2:]
         for i, d in enumerate(unlabeled):
-            view_logits = torch.stack(splits_l[i * num_views: (i + 1) * num_views])
+            view_logits = torch.stack(splits_l[i * num_views : (i + 1) * num_views])
             probs = ensemble_views(view_logits, self.average_logits)
             target = sharpen(probs, self.sharpen_t)
             hard = target.argmax(-1)
@@ -305,8 +309,9 @@ class MMTPSMRCNN(GeneralizedRCNN):
                 masks = paste_masks_in_image(det.pred_masks[:, 0], det.pred_boxes, (h, w))
                 fg[:h, :w] = masks.any(0)
             out.append(
-                PseudoLabels(proposals[i].proposal_boxes, view_logits, target, hard, mined,
-                             det, fg, (h, w))
+                PseudoLabels(
+                    proposals[i].proposal_boxes, view_logits, target, hard, mined, det, fg, (h, w)
+                )
             )
         return out, features, images
 

@@ -54,8 +54,11 @@ class MMTPSMTrainer(Trainer):
         ema = EMATeacherHook(c.EMA_START_ITER, c.EMA_MAX_ALPHA)
         # the teacher must be updated before PeriodicCheckpointer/EvalHook run after the step
         at = next(
-            (i for i, h in enumerate(hooks)
-             if isinstance(h, (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook))),
+            (
+                i
+                for i, h in enumerate(hooks)
+                if isinstance(h, (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook))
+            ),
             len(hooks),
         )
         hooks.insert(at, ema)

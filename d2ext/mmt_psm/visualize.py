@@ -161,8 +161,15 @@ def out_name(out_dir: Path, dataset: str, k: int, file_name: str, kind: str) -> 
 
 # ---------------------------------------------------------------- the two figures
 @torch.no_grad()
-def render_predictions(cfg, model: MMTPSMRCNN, mapper: DatasetMapper, d: Dict, metadata,
-                       score_thresh: float, teacher_note: str = "") -> np.ndarray:
+def render_predictions(
+    cfg,
+    model: MMTPSMRCNN,
+    mapper: DatasetMapper,
+    d: Dict,
+    metadata,
+    score_thresh: float,
+    teacher_note: str = "",
+) -> np.ndarray:
     """BGR figure: ground truth | teacher predictions | student predictions (original size).
 
     ``mapper``: the test-time ``DatasetMapper`` (resizes as evaluation does); predictions are
@@ -195,8 +202,9 @@ def _pseudo_mask_instances(pl: PseudoLabels) -> Instances:
     """The teacher's detections of ``pl`` with masks pasted into the view (for Visualizer)."""
     det = pl.detections.to("cpu")
     h, w = pl.image_size
-    out = Instances((h, w), pred_boxes=det.pred_boxes, scores=det.scores,
-                    pred_classes=det.pred_classes)
+    out = Instances(
+        (h, w), pred_boxes=det.pred_boxes, scores=det.scores, pred_classes=det.pred_classes
+    )
     if len(det):
         out.pred_masks = paste_masks_in_image(det.pred_masks[:, 0], det.pred_boxes, (h, w))
     else:
@@ -242,8 +250,9 @@ def _mgd_panel(rgb: np.ndarray, pl: PseudoLabels, metadata) -> Tuple[np.ndarray,
 
 
 @torch.no_grad()
-def render_pseudo_labels(cfg, model: MMTPSMRCNN, mapped: Dict, metadata,
-                         teacher_note: str = "") -> np.ndarray:
+def render_pseudo_labels(
+    cfg, model: MMTPSMRCNN, mapped: Dict, metadata, teacher_note: str = ""
+) -> np.ndarray:
     """BGR figure of the teacher's pseudo-labels on one KViewMapper output (see module doc)."""
     fmt = cfg.INPUT.FORMAT
     pl = model.teacher_pseudo_labels([mapped])[0][0]

@@ -7,6 +7,7 @@ writes ``<output_dir>/<stem>.json`` (``{"cases": [...], "mean": {...}}``, NaN as
 ``<output_dir>/<stem>.csv`` (one row per case and a ``mean`` row) with
 ``sslseg.metrics.semantic.write_case_table``.
 """
+
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -32,8 +33,10 @@ def to_label_map(x: torch.Tensor) -> np.ndarray:
         ``(*spatial)`` int64 array.
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 2:
-        raise ValueError(f"expected a (C, *spatial) tensor, got {type(x).__name__} "
-                         f"with shape {tuple(getattr(x, 'shape', ()))}")
+        raise ValueError(
+            f"expected a (C, *spatial) tensor, got {type(x).__name__} "
+            f"with shape {tuple(getattr(x, 'shape', ()))}"
+        )
     x = x.detach()
     x = x.argmax(dim=0) if x.shape[0] > 1 else x[0]
     return x.cpu().numpy().astype(np.int64)
@@ -95,10 +98,15 @@ class CaseMetricsWriter:
         for item in items:
             for key in (self.pred_key, self.label_key):
                 if key not in item:
-                    raise KeyError(f"CaseMetricsWriter: evaluator output has no {key!r} "
-                                   f"(keys: {sorted(item)}); is the evaluator's decollate on?")
-            self.add_case(item[self.pred_key], item[self.label_key],
-                          case_name(item, self.name_key, len(self.rows)))
+                    raise KeyError(
+                        f"CaseMetricsWriter: evaluator output has no {key!r} "
+                        f"(keys: {sorted(item)}); is the evaluator's decollate on?"
+                    )
+            self.add_case(
+                item[self.pred_key],
+                item[self.label_key],
+                case_name(item, self.name_key, len(self.rows)),
+            )
 
     def add_case(self, pred: torch.Tensor, label: torch.Tensor, name: str) -> Dict[str, Any]:
         """Score one case: ``pred`` and ``label`` are ``(C, *spatial)`` (see ``to_label_map``)."""
@@ -106,8 +114,15 @@ class CaseMetricsWriter:
         if p.shape != lab.shape:
             raise ValueError(f"case {name}: prediction shape {p.shape} != label shape {lab.shape}")
         row = {"case": name}
-        row.update(compute_case_metrics(p, lab, self.num_classes, spacing=self.spacing,
-                                        include_background=self.include_background))
+        row.update(
+            compute_case_metrics(
+                p,
+                lab,
+                self.num_classes,
+                spacing=self.spacing,
+                include_background=self.include_background,
+            )
+        )
         self.rows.append(row)
         return row
 

@@ -1,4 +1,5 @@
 """The ``python -m monai.bundle run`` command line, built in one place (tests, demo, benchmarks)."""
+
 import sys
 from typing import Mapping, Optional, Sequence
 

@@ -7,6 +7,7 @@ json file (a user's own) or a dict in memory (the bundles' default, built by
 It fails early, naming the datalist, when the split or a referenced file is missing, instead of
 failing later inside a DataLoader worker. ``inference_items`` also takes a folder of h5 images.
 """
+
 import json
 import os
 from pathlib import Path
@@ -60,8 +61,10 @@ def datalist_split(
         if allow_empty:
             return []
         raise ValueError(f"split {split!r} of datalist {name} is empty")
-    items = [{k: _resolve(v, base_dir) if k in PATH_KEYS else v for k, v in item.items()}
-             for item in content[split]]
+    items = [
+        {k: _resolve(v, base_dir) if k in PATH_KEYS else v for k, v in item.items()}
+        for item in content[split]
+    ]
     for i, item in enumerate(items):
         for key in keys:
             if key not in item:

@@ -17,6 +17,7 @@ The batch and spatial sizes are dynamic (any batch, any multiple of the size the
 smallest input, where the bottleneck is 1 voxel wide, is left out), so one program serves the
 sliding-window patch and whole slices alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ def example_shape(data_format: dict, n: int = 1, p: int = 1) -> tuple:
     """
     image = data_format["inputs"]["image"]
     names = {"n": n, "p": p}
-    spatial = [d if isinstance(d, int) else int(eval(str(d), {"__builtins__": {}}, names))
-               for d in image["spatial_shape"]]
+    spatial = [
+        d if isinstance(d, int) else int(eval(str(d), {"__builtins__": {}}, names))
+        for d in image["spatial_shape"]
+    ]
     return (1, int(image["num_channels"]), *spatial)
 
 

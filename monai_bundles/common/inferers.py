@@ -9,6 +9,7 @@
 - ``SliceVolumeInferer`` predicts a 3D volume slice by slice with a 2D network, resizing each
   slice in-plane to the training size and the probabilities back (the ACDC protocol).
 """
+
 import copy
 import itertools
 import warnings
@@ -95,8 +96,10 @@ class _FrozenCompiled(torch.nn.Module):
                     with inductor_config.patch(freezing=True):
                         return self._compiled(x)
                 except Exception as e:  # noqa: BLE001 - any compiler failure: run eagerly
-                    warnings.warn(f"ProbabilityNet(compile=True): torch.compile failed "
-                                  f"({type(e).__name__}: {e}); running the eager inference copy")
+                    warnings.warn(
+                        f"ProbabilityNet(compile=True): torch.compile failed "
+                        f"({type(e).__name__}: {e}); running the eager inference copy"
+                    )
                     self._compiled = None
             return self.module(x)
 
@@ -129,8 +132,9 @@ class ProbabilityNet(torch.nn.Module):
     used (the first, or all with ``ensemble``) are run.
     """
 
-    def __init__(self, networks: Any, ensemble: bool = False, optimize: bool = False,
-                 compile: bool = False) -> None:
+    def __init__(
+        self, networks: Any, ensemble: bool = False, optimize: bool = False, compile: bool = False
+    ) -> None:
         super().__init__()
         nets = list(networks) if isinstance(networks, (list, tuple)) else [networks]
         if not nets:
@@ -143,8 +147,10 @@ class ProbabilityNet(torch.nn.Module):
         self._copied_versions = None
 
     def _versions(self) -> tuple:
-        return tuple((id(t), t._version) for t in itertools.chain(
-            self.networks.parameters(), self.networks.buffers()))
+        return tuple(
+            (id(t), t._version)
+            for t in itertools.chain(self.networks.parameters(), self.networks.buffers())
+        )
 
     def _inference_networks(self, used) -> list:
         versions = self._versions()
@@ -172,8 +178,10 @@ def la_overlap(
     The result is checked with MONAI's own ``_get_scan_interval``.
     """
     if len(roi_size) != len(strides):
-        raise ValueError(f"la_overlap: roi_size {tuple(roi_size)} and strides {tuple(strides)} "
-                         f"differ in length")
+        raise ValueError(
+            f"la_overlap: roi_size {tuple(roi_size)} and strides {tuple(strides)} "
+            f"differ in length"
+        )
     overlap = []
     for roi, stride in zip(roi_size, strides):
         if not 1 <= stride <= roi:
@@ -230,11 +238,14 @@ class SliceVolumeInferer(Inferer):
         align = False if self.mode in ("bilinear", "bicubic") else None
         return F.interpolate(x, size=tuple(size), mode=self.mode, align_corners=align)
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any,
-                 **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         if inputs.ndim != 5:
-            raise ValueError(f"SliceVolumeInferer: expected (B, C, *spatial) with 3 spatial dims, "
-                             f"got shape {tuple(inputs.shape)}")
+            raise ValueError(
+                f"SliceVolumeInferer: expected (B, C, *spatial) with 3 spatial dims, "
+                f"got shape {tuple(inputs.shape)}"
+            )
         axis = 2 + self.spatial_dim
         plain = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs  # no batch meta
         x = torch.movedim(plain, axis, 1)  # (B, S, C_in, h0, w0)
@@ -242,7 +253,7 @@ class SliceVolumeInferer(Inferer):
         slices = x.reshape(b * s, c_in, h0, w0)
         outs = []
         for start in range(0, b * s, self.sw_batch_size):
-            chunk = self._resize(slices[start:start + self.sw_batch_size], self.roi_size)
+            chunk = self._resize(slices[start : start + self.sw_batch_size], self.roi_size)
             outs.append(self._resize(network(chunk, *args, **kwargs), (h0, w0)))
         out = torch.movedim(torch.cat(outs).reshape(b, s, -1, h0, w0), 1, axis)
         return convert_to_dst_type(out, inputs, device=out.device)[0]  # meta as sliding windows

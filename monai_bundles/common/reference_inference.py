@@ -3,6 +3,7 @@
 Kept as the reference that the tests (same output within 1e-5) and the ``dmd_la`` benchmark (speed)
 compare MONAI's ``SlidingWindowInferer`` + ``ProbabilityNet`` against; not used for inference.
 """
+
 import math
 
 import numpy as np
@@ -24,12 +25,14 @@ def reference_sliding_window(net, image: np.ndarray, patch, strides, num_classes
             ys = min(strides[1] * y, hh - patch[1])
             for z in range(steps[2]):
                 zs = min(strides[2] * z, dd - patch[2])
-                window = image[xs:xs + patch[0], ys:ys + patch[1], zs:zs + patch[2]]
+                window = image[xs : xs + patch[0], ys : ys + patch[1], zs : zs + patch[2]]
                 with torch.no_grad():
                     logits = net(torch.from_numpy(window)[None, None])
                 probs = torch.sigmoid(logits) if num_classes == 1 else torch.softmax(logits, 1)
-                score[:, xs:xs + patch[0], ys:ys + patch[1], zs:zs + patch[2]] += probs[0].numpy()
-                count[xs:xs + patch[0], ys:ys + patch[1], zs:zs + patch[2]] += 1
+                score[:, xs : xs + patch[0], ys : ys + patch[1], zs : zs + patch[2]] += probs[
+                    0
+                ].numpy()
+                count[xs : xs + patch[0], ys : ys + patch[1], zs : zs + patch[2]] += 1
     score /= count[None]
     h, w, d = (s - p for s, p in zip(image.shape, pads))
-    return score[:, lo[0]:lo[0] + h, lo[1]:lo[1] + w, lo[2]:lo[2] + d]
+    return score[:, lo[0] : lo[0] + h, lo[1] : lo[1] + w, lo[2] : lo[2] + d]

@@ -4,6 +4,7 @@
 bundles' ``train#handlers``: every loss of ``engine.state.output`` as a float (DMD: ``loss``,
 ``loss_sup1``, ``loss_sup2``, ``loss_distill``; a ``SupervisedTrainer``: ``loss``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -18,8 +19,11 @@ def loss_terms(output: Mapping, prefix: str = "loss") -> dict[str, float]:
     a 1-tuple on a non-decollated dict output, which ``StatsHandler`` ignores.) An output without
     any such key is an error: a logger that silently prints nothing hides a wiring mistake.
     """
-    terms = {k: float(torch.as_tensor(v).detach()) for k, v in output.items()
-             if isinstance(k, str) and k.startswith(prefix)}
+    terms = {
+        k: float(torch.as_tensor(v).detach())
+        for k, v in output.items()
+        if isinstance(k, str) and k.startswith(prefix)
+    }
     if not terms:
         keys = sorted(map(str, output)) if isinstance(output, Mapping) else type(output).__name__
         raise KeyError(f"the trainer's output has no key starting with {prefix!r}: {keys}")

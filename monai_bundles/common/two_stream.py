@@ -9,6 +9,7 @@ whether the run started at epoch 1 or resumed at epoch ``e`` (``TwoStreamEpochSe
 when an ignite epoch starts). ``labeled_prepare_batch`` lets a one-network MONAI trainer
 (``SupervisedTrainer``) train on the labeled stream alone.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -81,7 +82,8 @@ class EpochTwoStreamLoader:
         iterator is created, so the draws and the batches are the same as without look-ahead.
         """
         ahead = getattr(loader, "num_workers", 0) > 0 and not isinstance(
-            getattr(loader, "dataset", None), IterableDataset)
+            getattr(loader, "dataset", None), IterableDataset
+        )
         size = len(loader) if ahead else None
         given, current = 0, iter(loader)
         while True:
@@ -167,13 +169,18 @@ def build_two_stream_loader(
         if name == UNLABELED and batch_size == 0:
             continue
         assert batch_size > 0, f"{name} batch size must be positive, got {batch_size}"
-        assert len(dataset) >= batch_size, (
-            f"the {name} dataset has {len(dataset)} items, fewer than its batch size {batch_size}"
-        )
+        assert (
+            len(dataset) >= batch_size
+        ), f"the {name} dataset has {len(dataset)} items, fewer than its batch size {batch_size}"
     loader = EpochTwoStreamLoader(
         _stream_loader(labeled_dataset, labeled_batch_size, num_workers, seed, distributed),
-        None if unlabeled_batch_size == 0 else _stream_loader(
-            unlabeled_dataset, unlabeled_batch_size, num_workers, seed + 1, distributed),
+        (
+            None
+            if unlabeled_batch_size == 0
+            else _stream_loader(
+                unlabeled_dataset, unlabeled_batch_size, num_workers, seed + 1, distributed
+            )
+        ),
         epoch_length=epoch_length,
         seed=seed,
     )

@@ -8,6 +8,7 @@ softened Dice/KL distillation, ``trainer`` the two-network MONAI trainer; the bu
 ``bundle_root``, read only); runs write under ``./output/dmd/`` of the working directory
 (``output_root``), never into the installed package.
 """
+
 import os
 
 BUNDLE_ROOT = os.path.dirname(os.path.abspath(__file__))

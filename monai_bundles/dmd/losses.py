@@ -3,6 +3,7 @@
 Shapes: logits and probabilities are (B, C, *spatial). With C == 1 the task is binary and the
 channel is the foreground logit (sigmoid); with C > 1 the channels are classes (softmax over dim 1).
 """
+
 from typing import Tuple
 
 import torch
@@ -43,9 +44,9 @@ def soft_dice_loss(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-5) -> torch
     p == q. This is MONAI's DiceLoss with squared denominators and batch reduction; the
     background channel of a softmax output is included, as in the reference code.
     """
-    assert p.shape == q.shape, (
-        f"probability maps differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}"
-    )
+    assert (
+        p.shape == q.shape
+    ), f"probability maps differ in shape: {tuple(p.shape)} vs {tuple(q.shape)}"
     loss = DiceLoss(squared_pred=True, batch=True, smooth_nr=eps, smooth_dr=eps, soft_label=True)
     return loss(p, q)
 

@@ -9,6 +9,7 @@
 
 Both use PyTorch's default initialisation, so two instances built one after the other differ.
 """
+
 import torch
 from torch import nn
 
@@ -16,9 +17,9 @@ NORMALIZATIONS = ("batchnorm", "groupnorm", "instancenorm", "none")
 
 
 def _norm3d(normalization: str, channels: int) -> list:
-    assert normalization in NORMALIZATIONS, (
-        f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
-    )
+    assert (
+        normalization in NORMALIZATIONS
+    ), f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
     if normalization == "batchnorm":
         return [nn.BatchNorm3d(channels)]
     if normalization == "groupnorm":
@@ -89,9 +90,9 @@ class VNet(nn.Module):
         self.dropout = nn.Dropout3d(p=0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.ndim == 5 and all(s % 16 == 0 for s in x.shape[2:]), (
-            f"VNet expects (B, C, H, W, D) with H, W, D divisible by 16, got {tuple(x.shape)}"
-        )
+        assert x.ndim == 5 and all(
+            s % 16 == 0 for s in x.shape[2:]
+        ), f"VNet expects (B, C, H, W, D) with H, W, D divisible by 16, got {tuple(x.shape)}"
         skips = []
         for i, stage in enumerate(self.encoder_stages):
             x = stage(x)
@@ -154,9 +155,9 @@ class UNet2D(nn.Module):
         self.out_conv = nn.Conv2d(ft[0], class_num, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.ndim == 4 and all(s % 16 == 0 for s in x.shape[2:]), (
-            f"UNet2D expects (B, C, H, W) with H, W divisible by 16, got {tuple(x.shape)}"
-        )
+        assert x.ndim == 4 and all(
+            s % 16 == 0 for s in x.shape[2:]
+        ), f"UNet2D expects (B, C, H, W) with H, W divisible by 16, got {tuple(x.shape)}"
         skips = [self.in_conv(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))

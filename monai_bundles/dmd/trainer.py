@@ -7,6 +7,7 @@ backward pass and one optimizer step over both networks' parameters (each networ
 ``dL_sup_i/dtheta_i + lambda * dL_distill/dtheta_i``, as in the reference ``train_dmd.py``). It
 fires MONAI's ``IterationEvents`` like ``SupervisedTrainer`` so standard handlers keep working.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from sslseg.io import PathLike, write_json_atomic  # noqa: F401 (re-exported)
+
 DATALIST_KEYS = ("labeled", "unlabeled", "validation", "test")
 
 
