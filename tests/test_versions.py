@@ -4,6 +4,7 @@ environment and every bundle's metadata.json must agree with it."""
 import importlib.metadata
 import json
 import re
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,10 @@ def test_installed_versions_are_the_pinned_ones():
     """The environment `make env` built is what constraints.txt says (a stale .venv fails here)."""
     pins = _pins()
     wrong = []
-    for dist in importlib.metadata.distributions():
+    # site-packages only: setuptools puts its vendored copies (packaging, tomli, ...) on sys.path
+    # once imported, and those are not what pip installed.
+    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    for dist in importlib.metadata.distributions(path=site):
         name = canonicalize_name(dist.metadata["Name"])
         if name in pins and dist.version != pins[name]:
             wrong.append(f"{name}: installed {dist.version}, pinned {pins[name]}")
