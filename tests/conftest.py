@@ -16,6 +16,26 @@ REPO = Path(__file__).resolve().parent.parent
 BUNDLES = REPO / "monai_bundles"
 SCHEMA = BUNDLES / "common" / "meta_schema.json"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# launcher of the two-process (gloo on CPU) bundle runs
+TORCHRUN_2 = (
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--nproc_per_node",
+    "2",
+    "--standalone",
+)
+
+
+def flat_cfg(node, prefix="") -> dict:
+    """A nested config (CfgNode / dict) as {"A.B.C": value}."""
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(flat_cfg(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def tiny_overrides(dataset_dir, datalist, work: Path, **extra) -> dict:

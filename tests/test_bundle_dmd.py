@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUNDLES, SCHEMA, run_bundle, tiny_overrides
+from conftest import BUNDLES, SCHEMA, TORCHRUN_2, run_bundle, tiny_overrides
 from monai.bundle import ConfigWorkflow, verify_metadata
 
 from monai_bundles.dmd.networks import VNet
@@ -197,15 +197,7 @@ def test_multi_gpu_train_runs_with_torchrun_gloo(data, tmp_path):
         labeled_batch_size=1,
         unlabeled_batch_size=1,
     )
-    launcher = (
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-    )
-    log = _run([TRAIN, MULTI_GPU], overrides, launcher=launcher)
+    log = _run([TRAIN, MULTI_GPU], overrides, launcher=TORCHRUN_2)
     assert "val_mean_dice" in log
     state = _load(tmp_path / "models" / "checkpoint_final.pt")
     VNet(has_dropout=True).load_state_dict(state["net1"])  # saved without the DDP "module."

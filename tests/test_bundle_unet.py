@@ -8,7 +8,6 @@ validates against our local schema, and multi_gpu_train.json runs under torchrun
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import h5py
@@ -16,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLES, SCHEMA, run_bundle, tiny_overrides
+from conftest import BUNDLES, SCHEMA, TORCHRUN_2, run_bundle, tiny_overrides
 from monai.bundle import ConfigWorkflow, verify_metadata
 from monai.networks.nets import UNet
 
@@ -148,14 +147,6 @@ def test_multi_gpu_train_runs_with_torchrun_gloo(data, tmp_path):
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "eval"),
     )
-    launcher = (
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-    )
-    log = _run([TRAIN, MULTI_GPU], overrides, launcher=launcher)
+    log = _run([TRAIN, MULTI_GPU], overrides, launcher=TORCHRUN_2)
     assert "val_mean_dice" in log
     _assert_unet_checkpoint(tmp_path / "models" / "model.pt")

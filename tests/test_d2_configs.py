@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import flat_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
@@ -28,16 +29,6 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
-
-
-def _flat(node, prefix=""):
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _get(cfg, key):
@@ -89,7 +80,7 @@ def test_config_sets_only_what_differs_from_its_base(path):
         pytest.skip("root config: describes the whole model, detectron2 style")
     cfg = build_cfg(path)
     ref = build_cfg(path.parent / base)
-    same = sorted(k for k in _flat(raw) if _get(cfg, k) == _get(ref, k))
+    same = sorted(k for k in flat_cfg(raw) if _get(cfg, k) == _get(ref, k))
     assert not same, (
         f"{_name(path)} sets {same} to the value {base} and the add_*_config defaults already "
         f"give; remove them (a default is written in one place)"

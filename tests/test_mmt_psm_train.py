@@ -38,6 +38,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import flat_cfg
 from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
 from detectron2.engine import default_argument_parser
 
@@ -437,16 +438,6 @@ def _file_cfg(path):
     return build_cfg(path)
 
 
-def _flat(node, prefix=""):
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 @pytest.mark.parametrize("pct", PERCENTS)
 def test_isbi2014_configs_and_supervised_baselines(pct):
     mmt = _file_cfg(CONFIGS / f"isbi2014_{pct}pct.yaml")
@@ -464,7 +455,7 @@ def test_isbi2014_configs_and_supervised_baselines(pct):
     assert set(names) <= registered, f"unregistered: {sorted(set(names) - registered)}"
     assert mmt.OUTPUT_DIR.endswith(f"isbi2014_{pct}pct"), mmt.OUTPUT_DIR
 
-    a, b = _flat(mmt), _flat(sup)
+    a, b = flat_cfg(mmt), flat_cfg(sup)
     assert a.keys() == b.keys(), f"keys differ: {sorted(set(a) ^ set(b))}"
     differs = sorted(k for k in a if a[k] != b[k])
     assert differs == [
