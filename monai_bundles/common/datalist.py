@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Union
 
+from sslseg.errors import InputError, InputKeyError, MissingInputError
+
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 PATH_KEYS = ("image", "label")  # the keys resolved against base_dir, as load_decathlon_datalist
 
@@ -22,9 +24,18 @@ def _read(datalist: Union[str, Mapping]) -> tuple:
     if isinstance(datalist, Mapping):
         return datalist, f"<in-memory datalist: {datalist.get('description', 'no description')}>"
     if not os.path.isfile(datalist):
-        raise FileNotFoundError(f"datalist {datalist!r} does not exist")
+        raise MissingInputError(f"datalist {datalist!r} does not exist")
     with open(datalist) as f:
-        return json.load(f), repr(datalist)
+        try:
+            content = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"datalist {datalist!r} is not valid json: {e}") from e
+    if not isinstance(content, Mapping):
+        raise InputError(
+            f"datalist {datalist!r} holds a json {type(content).__name__}, not an object of "
+            f"splits ({', '.join(SPLITS)})"
+        )
+    return content, repr(datalist)
 
 
 def _resolve(path, base_dir: str):
@@ -56,11 +67,11 @@ def datalist_split(
     """
     content, name = _read(datalist)
     if split not in content:
-        raise KeyError(f"datalist {name} has no split {split!r}; it has {sorted(content)}")
+        raise InputKeyError(f"datalist {name} has no split {split!r}; it has {sorted(content)}")
     if not content[split]:
         if allow_empty:
             return []
-        raise ValueError(f"split {split!r} of datalist {name} is empty")
+        raise InputError(f"split {split!r} of datalist {name} is empty")
     items = [
         {k: _resolve(v, base_dir) if k in PATH_KEYS else v for k, v in item.items()}
         for item in content[split]
@@ -68,9 +79,9 @@ def datalist_split(
     for i, item in enumerate(items):
         for key in keys:
             if key not in item:
-                raise KeyError(f"item {i} of split {split!r} in {name} has no {key!r}: {item}")
+                raise InputKeyError(f"item {i} of split {split!r} in {name} has no {key!r}: {item}")
             if not os.path.isfile(item[key]):
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"{key} file {item[key]!r} (item {i} of split {split!r} in {name}, "
                     f"base_dir {base_dir!r}) does not exist"
                 )
@@ -89,7 +100,7 @@ def inference_items(
     if isinstance(datalist, (str, Path)) and os.path.isdir(datalist):
         files = sorted(str(p.resolve()) for p in Path(datalist).rglob(pattern) if p.is_file())
         if not files:
-            raise FileNotFoundError(f"no {pattern} file under the image folder {datalist!r}")
+            raise MissingInputError(f"no {pattern} file under the image folder {datalist!r}")
         return [{"image": f} for f in files]
     items = datalist_split(datalist, split, base_dir, keys=("image",))
     return [{"image": item["image"]} for item in items]

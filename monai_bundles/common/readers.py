@@ -19,6 +19,8 @@ from monai.data.utils import is_supported_format
 from monai.transforms import MapTransform
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
+from sslseg.errors import InputError, InputKeyError, UnreadableInputError
+
 __all__ = ["H5Reader", "CheckSameShaped"]
 
 
@@ -49,23 +51,23 @@ class H5Reader(ImageReader):
         try:
             f = h5py.File(name, "r")
         except (OSError, ValueError) as e:
-            raise OSError(
+            raise UnreadableInputError(
                 f"H5Reader: cannot open {name} (missing, corrupt or not HDF5): {e}"
             ) from e
         with f:
             if self.dataset not in f:
-                raise KeyError(
+                raise InputKeyError(
                     f"H5Reader: {name} has no dataset '{self.dataset}'; "
                     f"datasets present: {sorted(f.keys())}"
                 )
             try:
                 arr = f[self.dataset][()]
             except (OSError, ValueError, TypeError) as e:
-                raise OSError(
+                raise UnreadableInputError(
                     f"H5Reader: cannot read dataset '{self.dataset}' of {name}: {e}"
                 ) from e
         if not isinstance(arr, np.ndarray) or arr.ndim == 0:
-            raise ValueError(f"H5Reader: dataset '{self.dataset}' of {name} is not an array")
+            raise InputError(f"H5Reader: dataset '{self.dataset}' of {name} is not an array")
         return arr.astype(self.dtype) if self.dtype is not None else arr
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs):
@@ -133,12 +135,12 @@ class CheckSameShaped(MapTransform):
             shapes[key] = shape[1:] if self.channel_first else shape
         if len(set(shapes.values())) > 1:
             desc = ", ".join(f"{k} {s} from {_source_name(d, k)}" for k, s in shapes.items())
-            raise ValueError(f"CheckSameShaped: spatial shapes differ: {desc}")
+            raise InputError(f"CheckSameShaped: spatial shapes differ: {desc}")
         if self.image_key in d:
             img = d[self.image_key]
             arr = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
             if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-                raise ValueError(
+                raise InputError(
                     f"CheckSameShaped: {_source_name(d, self.image_key)} holds "
                     f"{int(np.isnan(arr).sum())} NaN and {int(np.isinf(arr).sum())} "
                     f"Inf values"
