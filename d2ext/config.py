@@ -15,6 +15,11 @@ def add_sslseg_config(cfg: CN) -> None:
     cfg.DATASETS.DATA_ROOT = ""
     # Unlabeled (images-only) datasets of the second stream of semi-supervised training.
     cfg.DATASETS.TRAIN_UNLABELED = ()
+    # A user's COCO json sets, "name:json_file[:image_root]" each (d2ext.data.user); their names
+    # can then be used in DATASETS.TRAIN/TEST.
+    cfg.DATASETS.COCO_JSON = ()
+    # Convert colour images to grayscale (replicated to INPUT.FORMAT's channels), warning once.
+    cfg.INPUT.GRAYSCALE = False
     # Unlabeled images per labeled image in one step; SOLVER.IMS_PER_BATCH is split by it.
     cfg.DATALOADER.UNLABELED_RATIO = 1.0
     # Added to cfg.SEED for the unlabeled stream's sampler, so the two streams shuffle differently.

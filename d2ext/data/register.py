@@ -5,18 +5,22 @@ Point annotations follow detectron2's ``projects/PointSup``: each annotation may
 in the dataset dicts by ``load_coco_json(..., extra_annotation_keys=...)``.
 """
 
-import json
 import os
 from typing import Dict, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from .checks import DatasetError, check_coco_dataset, read_json
+from .image_io import open_image
+
 POINT_KEYS = ["point_coords", "point_labels"]
 
 
 def load_coco_json_with_points(json_file, image_root, dataset_name=None) -> List[Dict]:
-    """``load_coco_json`` keeping the PointSup keys ``point_coords``/``point_labels``."""
+    """``load_coco_json`` keeping the PointSup keys ``point_coords``/``point_labels``, after
+    :func:`~d2ext.data.checks.check_coco_dataset` (bad records: a DatasetError naming them)."""
+    check_coco_dataset(str(json_file), str(image_root))
     return load_coco_json(json_file, image_root, dataset_name, extra_annotation_keys=POINT_KEYS)
 
 
@@ -42,12 +46,13 @@ def load_unlabeled_images(json_file, image_root) -> List[Dict]:
         list of ``{"file_name", "height", "width", "image_id"}``; any ``annotations`` in the json
         are ignored (the stream is unlabeled by definition).
     Raises:
-        ValueError: when the json has no images; FileNotFoundError: when an image file is missing.
+        DatasetError (a ValueError): the json is not JSON or has no images;
+        FileNotFoundError / ImageReadError: an image file is missing / truncated or unreadable
+        (PNG: chunk CRCs verified; other formats decoded).
     """
-    with open(json_file) as f:
-        images = json.load(f).get("images", [])
+    images = read_json(str(json_file)).get("images", [])
     if not images:
-        raise ValueError(f"{json_file}: no 'images' entries; an unlabeled set needs at least one")
+        raise DatasetError(f"{json_file}: no 'images' entries; an unlabeled set needs at least one")
     dicts = []
     for img in images:
         file_name = os.path.join(image_root, img["file_name"])
@@ -55,6 +60,7 @@ def load_unlabeled_images(json_file, image_root) -> List[Dict]:
             raise FileNotFoundError(
                 f"{json_file}: image {img['file_name']!r} not found: {file_name}"
             )
+        open_image(file_name, verify_only=file_name.lower().endswith(".png"))
         dicts.append(
             {
                 "file_name": file_name,

@@ -23,6 +23,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from torchvision import transforms as TV
 
+from d2ext.data.image_io import read_image
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["KViewMapper"]
@@ -135,7 +137,7 @@ class KViewMapper:
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         d = copy.deepcopy(dataset_dict)
-        image = utils.read_image(d["file_name"], format=self.image_format)
+        image = read_image(d["file_name"], format=self.image_format)
         utils.check_image_size(d, image)
         aug_input = T.AugInput(image)
         self.augmentations(aug_input)

@@ -30,6 +30,7 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
+from d2ext.data.image_io import read_image
 from sslseg.io import atomic_open
 
 from .meta_arch import MMTPSMRCNN, PseudoLabels
@@ -175,7 +176,7 @@ def render_predictions(
     ``mapper``: the test-time ``DatasetMapper`` (resizes as evaluation does); predictions are
     drawn at the original size (the models rescale them to the dict's height/width)."""
     rgb = utils.convert_image_to_rgb(
-        utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT), cfg.INPUT.FORMAT
+        read_image(d["file_name"], format=cfg.INPUT.FORMAT), cfg.INPUT.FORMAT
     )
     rgb = np.ascontiguousarray(rgb)
     shape = rgb.shape[:2]
