@@ -31,6 +31,8 @@ def add_sslseg_config(cfg: CN) -> None:
     # Trainer class (d2ext.engine.TRAINER_REGISTRY): "auto" = the one registered for
     # MODEL.META_ARCHITECTURE or its nearest base class (d2ext.engine.trainer_class).
     cfg.TRAINER = "auto"
+    # Periodic checkpoints model_<iter>.pth kept (the newest); 0 = all. model_final.pth is kept.
+    cfg.SOLVER.CHECKPOINTS_TO_KEEP = 2
 
 
 def resolve_device(cfg: CN) -> CN:

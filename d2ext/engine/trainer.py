@@ -3,7 +3,10 @@
 Differences from ``DefaultTrainer`` (everything else, hooks, writers, resume, is inherited):
 - ``build_evaluator`` -> :func:`d2ext.evaluation.build_cell_evaluators` (COCO AP with enough
   detections per image for dense cells + cell-level metrics).
-- checkpoints via :class:`AtomicDetectionCheckpointer`.
+- checkpoints via :class:`AtomicDetectionCheckpointer`; periodic ones kept to the last
+  ``SOLVER.CHECKPOINTS_TO_KEEP`` (:class:`KeepLastPeriodicCheckpointer`); at the start of a run
+  the temp files of a killed save are removed and ``--resume`` falls back past an unreadable
+  newest checkpoint.
 - exact resume: the train loader's :class:`d2ext.data.ResumableTrainingSampler` continues after
   the batches the checkpoint's iteration already drew, and :class:`RNGStateHook` restores the
   global python/numpy/torch RNGs (detectron2 alone restarts the sampler and re-seeds), so with
@@ -19,7 +22,7 @@ import os
 import weakref
 
 import detectron2.engine.defaults as d2_defaults
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.utils import comm
 
@@ -28,6 +31,7 @@ from d2ext.evaluation import build_cell_evaluators
 from sslseg.io import write_json_atomic
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .periodic_checkpointer import KeepLastPeriodicCheckpointer
 from .registry import register_trainer
 from .rng_hook import RNGStateHook
 
@@ -92,7 +96,14 @@ class Trainer(DefaultTrainer):
             save_to_disk=old.save_to_disk,
             trainer=weakref.proxy(self),
         )
-        return super().build_hooks() + [RNGStateHook()]
+        keep = self.cfg.SOLVER.CHECKPOINTS_TO_KEEP
+        ret = super().build_hooks()
+        for i, hook in enumerate(ret):
+            if type(hook) is hooks.PeriodicCheckpointer:  # main process only
+                ret[i] = KeepLastPeriodicCheckpointer(
+                    self.checkpointer, hook.period, max_to_keep=keep or None
+                )
+        return ret + [RNGStateHook()]
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -110,7 +121,9 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume=True):
         """As DefaultTrainer's, then continue each train sampler after the images it already
         gave: ``steps * (batch // processes)`` for each stream's ``(steps, batch)`` in
-        :meth:`drawn_batches`."""
+        :meth:`drawn_batches`. First (main process) the temp files of a killed save go."""
+        if comm.is_main_process():
+            self.checkpointer.remove_stale_temp_files()
         super().resume_or_load(resume=resume)
         if getattr(self.data_loader, "samplers", None) is None:  # not a resumable loader
             return
