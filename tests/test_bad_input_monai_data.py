@@ -3,16 +3,41 @@
 """
 
 import json
+import logging
 import subprocess
 
+import h5py
 import pytest
 from conftest import BUNDLES, ENV, REPO
+from monai.bundle import ConfigParser
 
 from monai_bundles.common.command import bundle_run_command
 from monai_bundles.common.datalist import datalist_split
+from sslseg.datasets.synthetic import make_slices
 from sslseg.errors import InputError, InputKeyError, find_input_error
 
 UNET = BUNDLES / "supervised_unet" / "configs"
+DMD = BUNDLES / "dmd" / "configs"
+
+
+@pytest.fixture
+def slices(tmp_path):
+    """A tiny synthetic ACDC-like set (4 classes): ``(dataset_dir, datalist json path)``."""
+    root = tmp_path / "acdc"
+    datalist = make_slices(root, num_volumes=6, depth=2, size=32, num_classes=4, num_labeled=2)
+    return root, datalist
+
+
+def _set_label(path, fill=None, value=None):
+    """Overwrite the ``label`` of an h5 file: all ``fill``, or one pixel set to ``value``."""
+    with h5py.File(path, "r+") as f:
+        lab = f["label"][()]
+        if fill is not None:
+            lab[...] = fill
+        if value is not None:
+            lab.flat[0] = value
+        del f["label"]
+        f["label"] = lab
 
 
 def _run(config_files, overrides, timeout=300):
@@ -62,3 +87,51 @@ def test_datalist_not_json_names_the_file(tmp_path):
     bad.write_text(json.dumps([{"image": "a.h5"}]))
     with pytest.raises(InputError, match=r"dl\.json' holds a json list, not an object of splits"):
         datalist_split(str(bad), "labeled", str(tmp_path))
+
+
+def test_label_outside_class_range_names_file_and_values(slices):
+    """#18: a label value 255 in a 4-class set stops the bundle run at load time, naming the
+    file and the value (was `index 255 is out of bounds` in the loss, 69 frames)."""
+    root, datalist = slices
+    first = json.loads(open(datalist).read())["labeled"][0]["label"]
+    _set_label(root / first, value=255)
+    rc, lines = _run(
+        [UNET / "train.json"],
+        {"dataset_dir": str(root), "datalist": datalist, "num_workers": 0, "max_epochs": 1},
+    )
+    assert rc != 0 and lines[-1].startswith("error: split 'labeled' of datalist"), lines[-5:]
+    assert "outside the 4 classes 0..3" in lines[-1] and f"{first} holds 255" in lines[-1]
+
+
+def test_labels_all_background_warned_with_count(slices, caplog):
+    """#17: all-background label files in a labeled split give one warning with the count."""
+    root, datalist = slices
+    items = json.loads(open(datalist).read())["labeled"]
+    for item in items[:3]:
+        _set_label(root / item["label"], fill=0)
+    with caplog.at_level(logging.WARNING):
+        datalist_split(datalist, "labeled", str(root), num_classes=4)
+    assert f"3 of {len(items)} label files are all background" in caplog.text
+    assert "split 'labeled' of datalist" in caplog.text
+
+
+@pytest.mark.parametrize("bundle", [UNET, DMD])
+def test_bundles_check_labels_of_training_and_validation(bundle):
+    """#17, #18: every bundle's labeled and validation datasets pass its class count."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "train.json"))
+    for split in ("train", "validate"):
+        assert parser[f"{split}#dataset#data#num_classes"] == "@num_classes", (bundle, split)
+
+
+def test_too_few_validation_items_for_the_processes(slices):
+    """#51: fewer validation items than processes names the split (was MONAI's "dataset length
+    is less than the number of participating ranks"); multi_gpu_train.json passes the count."""
+    root, datalist = slices
+    with pytest.raises(
+        InputError, match=r"split 'validation' .* has 1 item\(s\), fewer than the 2"
+    ):
+        datalist_split(datalist, "validation", str(root), min_items=2)
+    for bundle in (UNET, DMD):
+        overrides = json.loads((bundle / "multi_gpu_train.json").read_text())
+        assert overrides["validate#dataset#data#min_items"] == "$dist.get_world_size()", bundle

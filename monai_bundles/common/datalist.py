@@ -9,11 +9,18 @@ failing later inside a DataLoader worker. ``inference_items`` also takes a folde
 """
 
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
 
 from sslseg.errors import InputError, InputKeyError, MissingInputError
+
+from .readers import read_array
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 PATH_KEYS = ("image", "label")  # the keys resolved against base_dir, as load_decathlon_datalist
@@ -51,6 +58,8 @@ def datalist_split(
     base_dir: str,
     keys: Sequence[str] = ("image", "label"),
     allow_empty: bool = False,
+    num_classes: Optional[int] = None,
+    min_items: int = 1,
 ) -> List[Dict[str, str]]:
     """One split of a datalist with paths resolved against ``base_dir``.
 
@@ -61,6 +70,12 @@ def datalist_split(
         keys: keys every item must have, each pointing to an existing file (``("image",)`` for
             inference or unlabeled data).
         allow_empty: return ``[]`` for an empty split instead of raising.
+        num_classes: when given, every item's ``label`` file is read (h5 dataset ``label`` or
+            NIfTI) and checked now, before any training: values outside ``0..num_classes-1``
+            (or not whole numbers) raise ``InputError`` naming the files and values; labels
+            that are all background (0) are counted in one warning.
+        min_items: fewest items the split must have, e.g. the number of processes of a
+            distributed run (each needs one validation item).
 
     Returns:
         list of dicts, one per case, with absolute paths for ``keys``; other keys are kept.
@@ -72,6 +87,12 @@ def datalist_split(
         if allow_empty:
             return []
         raise InputError(f"split {split!r} of datalist {name} is empty")
+    if len(content[split]) < min_items:
+        raise InputError(
+            f"split {split!r} of datalist {name} has {len(content[split])} item(s), fewer than "
+            f"the {min_items} needed (one per process of a distributed run): add items to the "
+            f"split or run fewer processes"
+        )
     items = [
         {k: _resolve(v, base_dir) if k in PATH_KEYS else v for k, v in item.items()}
         for item in content[split]
@@ -85,7 +106,42 @@ def datalist_split(
                     f"{key} file {item[key]!r} (item {i} of split {split!r} in {name}, "
                     f"base_dir {base_dir!r}) does not exist"
                 )
+    if num_classes is not None:
+        check_labels(items, num_classes, f"split {split!r} of datalist {name}")
     return items
+
+
+def check_labels(items: Sequence[Mapping], num_classes: int, where: str) -> None:
+    """Check the ``label`` file of each item: class values in ``0..num_classes-1``.
+
+    Raises ``InputError`` naming (up to 5 of) the files with other values and those values;
+    logs one warning with the count of labels that are all background (0), which train nothing
+    and score Dice 0 in validation.
+    """
+    bad, empty, n = [], 0, 0
+    for item in items:
+        if "label" not in item:
+            continue
+        n += 1
+        arr = read_array(item["label"], "label")
+        values = np.unique(arr)
+        wrong = values[(values < 0) | (values >= num_classes) | (values != np.round(values))]
+        if wrong.size:
+            shown = ", ".join(f"{v:g}" for v in wrong[:8]) + (" ..." if wrong.size > 8 else "")
+            bad.append(f"{item['label']} holds {shown}")
+        elif values.max(initial=0) == 0:
+            empty += 1
+    if bad:
+        more = f" (and {len(bad) - 5} more files)" if len(bad) > 5 else ""
+        raise InputError(
+            f"{where}: {len(bad)} label file(s) hold values outside the {num_classes} classes "
+            f"0..{num_classes - 1} (num_classes): " + "; ".join(bad[:5]) + more
+        )
+    if empty:
+        logger.warning(
+            f"{where}: {empty} of {n} label files are all background (0); they train no "
+            f"foreground and score Dice 0 in validation"
+        )
 
 
 def inference_items(

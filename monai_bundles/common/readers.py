@@ -21,7 +21,7 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from sslseg.errors import InputError, InputKeyError, UnreadableInputError
 
-__all__ = ["H5Reader", "CheckSameShaped"]
+__all__ = ["H5Reader", "CheckSameShaped", "read_array"]
 
 
 class H5Reader(ImageReader):
@@ -99,6 +99,22 @@ class H5Reader(ImageReader):
             arrays.append(arr)
             _copy_compatible_dict(header, meta)
         return _stack_images(arrays, meta), meta
+
+
+def read_array(path: PathLike, dataset: str = "label") -> np.ndarray:
+    """The array stored in one file, chosen by suffix: ``dataset`` of an h5 file, or a NIfTI
+    volume (``.nii``/``.nii.gz``, ``dataset`` unused). Raises ``InputError`` naming the file."""
+    name = str(path)
+    if is_supported_format(name, ["h5", "hdf5"]):
+        return H5Reader(dataset=dataset)._read_one(name)
+    if is_supported_format(name, ["nii", "nii.gz"]):
+        import nibabel as nib
+
+        try:
+            return np.asanyarray(nib.load(name).dataobj)
+        except Exception as e:  # nibabel raises ImageFileError, OSError, EOFError...
+            raise UnreadableInputError(f"cannot read NIfTI file {name}: {e}") from e
+    raise InputError(f"{name}: not an h5 (.h5/.hdf5) or NIfTI (.nii/.nii.gz) file")
 
 
 def _source_name(data: dict, key: str) -> str:
