@@ -1,6 +1,7 @@
 """Bad inputs of the Detectron2 data side (docs/bad_inputs.md, section d2-data): images (16-bit,
 colour, truncated, missing), COCO json problems caught at load time, and the prediction tool's."""
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -192,3 +193,43 @@ def test_mapper_reads_16bit_through_our_reader(source, tmp_path):
     image = out["image"].numpy()
     assert image.max() == 255 and image.min() == 0
     assert len(np.unique(image)) > 20, "not a saturated (all-255) image"
+
+
+# ---------------------------------------------------------------- tools/predict.py
+def _predict_tool():
+    spec = importlib.util.spec_from_file_location("predict", REPO / "tools" / "predict.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _predict(tmp_path, *inputs, extra=()):
+    """tools/predict.py up to its input checks (the weights file exists; the checks come first)."""
+    weights = tmp_path / "model_final.pth"
+    weights.write_bytes(b"")
+    out = tmp_path / "out"
+    argv = ["--config-file", str(SUPERVISED), "--weights", str(weights), "--output", str(out)]
+    with pytest.raises(SystemExit) as e:
+        _predict_tool().main(argv + ["--input", *map(str, inputs), *extra, "MODEL.DEVICE", "cpu"])
+    assert not out.exists(), "nothing written on a bad input"
+    return str(e.value.code)
+
+
+def test_predict_no_images_found(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert "no images (" in _predict(tmp_path, tmp_path / "empty")
+    msg = _predict(tmp_path, tmp_path / "nothing_here_*.png")
+    assert "no images found for" in msg and "nothing_here_" in msg
+
+
+def test_predict_unreadable_image_named(source, tmp_path):
+    json_file, image_root, _ = _copy(source, tmp_path)
+    _truncate(image_root / "0001.png")
+    msg = _predict(tmp_path, image_root)
+    assert msg.startswith("predict: error: cannot read image"), msg
+    assert "0001.png" in msg
+
+
+def test_predict_refuses_images_over_the_size_limit(source, tmp_path):
+    msg = _predict(tmp_path, source[1], extra=["--max-size", "32"])
+    assert "longest side accepted is --max-size 32" in msg and "not tiled" in msg
