@@ -5,13 +5,14 @@
 import json
 import logging
 import subprocess
+from pathlib import Path
 
 import h5py
 import pytest
 from conftest import BUNDLES, ENV, REPO
 from monai.bundle import ConfigParser
 
-from monai_bundles.common.command import bundle_run_command
+from monai_bundles.common.command import bundle_run_command, check_overrides
 from monai_bundles.common.datalist import datalist_split
 from sslseg.datasets.synthetic import make_slices
 from sslseg.errors import InputError, InputKeyError, find_input_error
@@ -135,3 +136,42 @@ def test_too_few_validation_items_for_the_processes(slices):
     for bundle in (UNET, DMD):
         overrides = json.loads((bundle / "multi_gpu_train.json").read_text())
         assert overrides["validate#dataset#data#min_items"] == "$dist.get_world_size()", bundle
+
+
+def test_mistyped_bundle_key_is_refused(slices, tmp_path):
+    """#45: `--max_epoch 1` (a typo of max_epochs) stops the run before training, naming the key
+    and its close match (was: ignored, and the default 300 epochs ran)."""
+    root, datalist = slices
+    rc, lines = _run(
+        [UNET / "train.json"],
+        {"dataset_dir": str(root), "datalist": datalist, "max_epoch": 1, "num_workers": 0},
+    )
+    assert rc != 0 and lines[-1].startswith("error: unknown bundle key(s) --max_epoch"), lines[-5:]
+    assert "close: max_epochs" in lines[-1]
+
+
+@pytest.mark.parametrize("bundle", [UNET, DMD])
+def test_override_check_allows_keys_nested_ids_and_run_args(bundle):
+    """What `check_overrides` lets through: config keys of all merged files (evaluate's too),
+    `a#b` ids with an existing parent, MONAI's own run arguments; other programs are not
+    checked."""
+    import monai
+
+    main = str(Path(monai.__file__).parent / "bundle" / "__main__.py")
+    files = [str(bundle / "train.json"), str(bundle / "evaluate.json")]
+    good = {
+        "max_epochs": 1,
+        "evaluator#amp": False,  # "evaluator" is evaluate.json's
+        "train#dataset#cache_rate": 0,
+        "validate#new_key": 1,
+        "logging_file": "l.conf",
+        "meta_file": "m.json",
+    }
+    check_overrides([main, *bundle_run_command(files, good, launcher=[])[2:]])
+    check_overrides(["pytest", "--max_epoch", "1"])  # not a bundle run
+    bad = bundle_run_command(files, {"nope#x": 1, "max_epoch": 1}, launcher=[])[2:]
+    with pytest.raises(InputError, match=r"--nope#x \(close: none\); --max_epoch \(close: max_"):
+        check_overrides([main, *bad])
+    for cfg in ("train.json", "multi_gpu_train.json"):
+        init = json.loads((bundle / cfg).read_text())["initialize"]
+        assert init[1] == "$check_overrides()", (bundle, cfg)  # first, before anything is built
