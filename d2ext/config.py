@@ -51,6 +51,43 @@ def resolve_device(cfg: CN) -> CN:
     return cfg
 
 
+def check_cfg(cfg: CN) -> CN:
+    """Refuse, naming the key, values that would otherwise fail later with a library error that
+    names none: ``SOLVER.IMS_PER_BATCH`` <= 0 (detectron2: "divisible by the number of gpus"),
+    ``SOLVER.CHECKPOINTS_TO_KEEP`` < 0, ``MODEL.DEVICE`` not a torch device (e.g. "gpu") or a
+    CUDA device this machine lacks (torch: "Found no NVIDIA driver"). Call it after
+    :func:`resolve_device`; returns ``cfg``.
+
+    Raises:
+        ValueError: naming the key, its value and what to set instead.
+    """
+    ims = cfg.SOLVER.IMS_PER_BATCH
+    if not isinstance(ims, int) or ims <= 0:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH is {ims!r}: the images per step over all processes must be a "
+            "positive integer (a multiple of the number of processes)"
+        )
+    keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP
+    if not isinstance(keep, int) or keep < 0:
+        raise ValueError(f"SOLVER.CHECKPOINTS_TO_KEEP is {keep!r}: use 0 (keep all) or more")
+    device = str(cfg.MODEL.DEVICE)
+    use = "set MODEL.DEVICE auto (CUDA when available, else CPU) or cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"MODEL.DEVICE {device!r} is not a device: {use}, or cuda[:<index>] ({e})"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"MODEL.DEVICE {device!r} but torch finds no GPU on this machine: {use}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"MODEL.DEVICE {device!r} but this machine has {torch.cuda.device_count()} GPU(s): "
+            f"{use}, or a GPU index below {torch.cuda.device_count()}"
+        )
+    return cfg
+
+
 def default_cfg() -> CN:
     """detectron2's ``get_cfg()`` + every ``add_*_config`` of the project: each key's default.
 
@@ -68,11 +105,11 @@ def default_cfg() -> CN:
 
 def build_cfg(config_file: str, opts=()) -> CN:
     """The project's config as ``tools/train_net.py`` builds it: :func:`default_cfg` +
-    ``config_file`` + ``opts`` (KEY VALUE list) + :func:`resolve_device`.
+    ``config_file`` + ``opts`` (KEY VALUE list) + :func:`resolve_device` + :func:`check_cfg`.
 
     Not frozen, so a tool can still adjust it.
     """
     cfg = default_cfg()
     cfg.merge_from_file(str(config_file))
     cfg.merge_from_list(list(opts))
-    return resolve_device(cfg)
+    return check_cfg(resolve_device(cfg))

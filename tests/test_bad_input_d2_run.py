@@ -6,18 +6,39 @@ device, and a truncated newest checkpoint on ``--resume``. Trainings are tiny (a
 128 px) on the synthetic cells of configs/supervised/synthetic_cells_demo.yaml.
 """
 
+import importlib.util
+import json
 import logging
 from types import SimpleNamespace
 
 import pytest
 import torch
-from test_d2_train import CONFIG, TINY
+from test_d2_train import CONFIG, REPO, TINY
 
 import d2ext  # noqa: F401  (registers the built-in datasets)
 from d2ext.config import build_cfg
 from d2ext.engine import AtomicDetectionCheckpointer, Trainer
 from d2ext.engine.checkpoint import CheckpointReadError
 from d2ext.engine.periodic_checkpointer import KeepLastPeriodicCheckpointer
+from d2ext.engine.run_dir import NothingToResumeError, NoWeightsError, OutputDirInUseError
+
+
+def _load_train_net():
+    spec = importlib.util.spec_from_file_location(
+        "d2_run_test_train_net", REPO / "tools" / "train_net.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_net = _load_train_net()
+
+
+def _args(output_dir, *flags, opts=()):
+    """tools/train_net.py's arguments: ``flags``, the tiny demo config, ``opts``, OUTPUT_DIR."""
+    argv = [*flags, "--config-file", CONFIG, *TINY, *opts, "OUTPUT_DIR", output_dir]
+    return train_net.argument_parser().parse_args([str(a) for a in argv])
 
 
 def _cfg(output_dir, *extra):
@@ -138,3 +159,121 @@ def test_truncated_weights_error_names_the_file(tmp_path):
     checkpointer = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2), str(tmp_path / "x"))
     with pytest.raises(CheckpointReadError, match=r"model_final.pth cannot be read \(trunc"):
         checkpointer.resume_or_load(str(tmp_path / "model_final.pth"), resume=False)
+
+
+# --------------------------------------------------------------------- --eval-only
+
+
+def _save_weights(folder, name="model_final"):
+    """An untrained model's checkpoint ``folder/<name>.pth`` (as training would write it)."""
+    cfg = _cfg(folder)
+    AtomicDetectionCheckpointer(Trainer.build_model(cfg), str(folder)).save(name, iteration=0)
+    return folder / f"{name}.pth"
+
+
+@pytest.mark.parametrize("flags", [("--eval-only",), ("--eval-only", "--resume")])
+def test_eval_only_without_weights_is_an_error(tmp_path, flags):
+    """#30: --eval-only with no MODEL.WEIGHTS (nor a checkpoint for --resume) scored a random
+    model with rc 0; now an error naming MODEL.WEIGHTS, before anything is written."""
+    with pytest.raises(NoWeightsError, match="--eval-only needs a model to evaluate: MODEL.WEI"):
+        train_net.setup(_args(tmp_path / "run", *flags))
+    assert not (tmp_path / "run").exists(), "something was written"
+
+
+def test_eval_only_writes_beside_the_training_run(tmp_path):
+    """--eval-only writes OUTPUT_DIR/eval/<weights stem>/ (final_metrics.json, inference/,
+    config.yaml), leaving the training run's own files as they were; --resume evaluates the
+    checkpoint last_checkpoint names."""
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = _save_weights(run, "model_0000004")
+    (run / "last_checkpoint").write_text(weights.name)
+    mine = {"final_metrics.json": '{"segm": {"AP": 12.5}}', "config.yaml": "MODEL: {}"}
+    for name, text in mine.items():
+        (run / name).write_text(text)
+    (run / "inference").mkdir()
+    (run / "inference" / "keep.json").write_text("[]")
+
+    opts = ("DATASETS.TEST", "('synthetic_cells_test',)", "TEST.DETECTIONS_PER_IMAGE", "5")
+    cfg = train_net.setup(_args(run, "--eval-only", "--resume", opts=opts))
+    assert cfg.MODEL.WEIGHTS == str(weights) and cfg.OUTPUT_DIR == str(run / "eval" / weights.stem)
+    res = train_net.main(_args(run, "--eval-only", "--resume", opts=opts))
+    assert "segm" in res, res
+    for name, text in mine.items():
+        assert (run / name).read_text() == text, f"{name} of the training run was overwritten"
+    assert sorted(p.name for p in (run / "inference").iterdir()) == ["keep.json"]
+    written = json.loads((run / "eval" / weights.stem / "final_metrics.json").read_text())
+    assert written["evaluated_weights"] == str(weights) and "AP" in written["segm"], written
+
+
+# --------------------------------------------------------------------- OUTPUT_DIR of a run
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    """#31: --resume into a folder with no checkpoint restarted from 0 silently."""
+    (tmp_path / "model_final.pth").write_bytes(b"")  # no last_checkpoint: nothing to resume
+    with pytest.raises(NothingToResumeError, match=f"--resume: OUTPUT_DIR {tmp_path} holds no ch"):
+        train_net.setup(_args(tmp_path, "--resume"))
+    with pytest.raises(NothingToResumeError, match="holds no checkpoint"):
+        train_net.setup(_args(tmp_path / "new", "--resume"))
+
+
+@pytest.mark.parametrize("marker", ["model_0000003.pth", "last_checkpoint"])
+def test_new_run_into_a_used_output_dir_stops(tmp_path, marker):
+    """Training without --resume into a folder holding another run's checkpoints stops, naming
+    the folder and the options; nothing there is touched."""
+    (tmp_path / marker).write_text("another run's")
+    with pytest.raises(OutputDirInUseError) as e:
+        train_net.setup(_args(tmp_path))
+    message = str(e.value)
+    for part in (f"OUTPUT_DIR {tmp_path} holds another run's checkpoints ({marker})", "--resume",
+                 "--overwrite", "another folder"):  # fmt: skip
+        assert part in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == [marker]
+
+
+def test_overwrite_removes_the_old_runs_outputs_only(tmp_path):
+    """--overwrite: the old run's checkpoints, metrics and inference/ go, the user's files and
+    earlier eval/ results stay; --resume with --overwrite is refused."""
+    old = ["model_0000001.pth", "model_final.pth", "last_checkpoint", "metrics.json",
+           "final_metrics.json", "events.out.tfevents.1.host"]  # fmt: skip
+    for name in old:
+        (tmp_path / name).write_text("old")
+    (tmp_path / "inference").mkdir()
+    (tmp_path / "eval" / "model_final").mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="pass one of them"):
+        train_net.setup(_args(tmp_path, "--resume", "--overwrite"))
+    train_net.setup(_args(tmp_path, "--overwrite"))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not set(old) & set(left) and "inference" not in left, left
+    assert {"notes.txt", "eval", "config.yaml"} <= set(left), left
+
+
+# --------------------------------------------------------------------- config values
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_nonpositive_batch_size_names_the_key(tmp_path, value):
+    """#37: IMS_PER_BATCH 0 / -2 gave detectron2's 'divisible by the number of gpus'."""
+    with pytest.raises(ValueError, match=f"SOLVER.IMS_PER_BATCH is {value}: the images per step"):
+        _cfg(tmp_path, "SOLVER.IMS_PER_BATCH", value)
+
+
+def test_cuda_without_gpu_names_the_key_and_auto(tmp_path, monkeypatch):
+    """#26: MODEL.DEVICE cuda on a machine without a GPU: torch's 'Found no NVIDIA driver'."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=f"MODEL.DEVICE '{device}' but torch finds no GPU"):
+            _cfg(tmp_path, "MODEL.DEVICE", device)
+    assert _cfg(tmp_path, "MODEL.DEVICE", "auto").MODEL.DEVICE == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="MODEL.DEVICE 'cuda:1' but this machine has 1 GPU"):
+        _cfg(tmp_path, "MODEL.DEVICE", "cuda:1")
+
+
+def test_unknown_device_names_the_key_and_auto(tmp_path):
+    """#27: MODEL.DEVICE gpu gave torch's 'Expected one of cpu, cuda, ...'."""
+    with pytest.raises(ValueError, match="MODEL.DEVICE 'gpu' is not a device: set MODEL.DEVI"):
+        _cfg(tmp_path, "MODEL.DEVICE", "gpu")

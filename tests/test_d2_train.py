@@ -154,7 +154,8 @@ def test_eval_only_cli(trained, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "final_metrics.json").read_text())
+    # --eval-only writes beside the training run's files: OUTPUT_DIR/eval/<weights stem>/
+    metrics = json.loads((tmp_path / "eval" / "model_final" / "final_metrics.json").read_text())
     assert "AP" in metrics["segm"]
 
 

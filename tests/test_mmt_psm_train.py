@@ -307,6 +307,7 @@ def test_eval_only_teacher_by_default_student_on_request(run_a, tmp_path):
     for which, opts in (("teacher", ()), ("student", ("MODEL.MMT_PSM.EVAL_MODEL", "student"))):
         out = tmp_path / which
         res = _eval_only(weights, out, *opts)
+        out = out / "eval" / "model_final"  # --eval-only writes to OUTPUT_DIR/eval/<stem>/
         metrics = json.loads((out / "final_metrics.json").read_text())
         assert metrics["evaluated_model"] == which, f"{which}: {metrics['evaluated_model']}"
         assert "AP" in metrics["segm"] and "AP" in res["segm"], f"{which}: {sorted(metrics)}"
