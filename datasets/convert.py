@@ -4,7 +4,9 @@
 See ``datasets/README.md`` or ``python datasets/convert.py --help``.
 """
 
+import sys
+
 from sslseg.datasets.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,4 +10,4 @@ import sys
 from sslseg.datasets.cli import main
 
 if __name__ == "__main__":
-    main(["synthetic"] + sys.argv[1:])
+    sys.exit(main(["synthetic"] + sys.argv[1:]))

@@ -5,6 +5,7 @@
 import json
 import logging
 import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -175,3 +176,14 @@ def test_override_check_allows_keys_nested_ids_and_run_args(bundle):
     for cfg in ("train.json", "multi_gpu_train.json"):
         init = json.loads((bundle / cfg).read_text())["initialize"]
         assert init[1] == "$check_overrides()", (bundle, cfg)  # first, before anything is built
+
+
+def test_sslseg_convert_exits_0_and_prints_once(tmp_path):
+    """`sslseg-convert` (the installed console script) exits 0 on success and prints its result
+    once on stdout (was: exit status 1 and the result a 2nd time on stderr)."""
+    script = Path(sys.executable).parent / "sslseg-convert"
+    args = ["synthetic", "cells", "--out", str(tmp_path), "--num", "1", "--size", "32"]
+    proc = subprocess.run([str(script), *args], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert str(tmp_path) in proc.stdout and str(tmp_path) not in proc.stderr
+    assert proc.stdout.count(str(tmp_path / "cells.json")) == 1, proc.stdout

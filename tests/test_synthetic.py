@@ -11,7 +11,7 @@ from monai.data import load_decathlon_datalist
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from sslseg.datasets.cli import main as cli_main
+from sslseg.datasets.cli import convert as cli_convert
 from sslseg.datasets.coco_utils import point_in_mask
 from sslseg.datasets.io_utils import DATALIST_KEYS
 from sslseg.datasets.synthetic import (
@@ -157,7 +157,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli(tmp_path):
-    json_path, _ = cli_main(
+    json_path, _ = cli_convert(
         ["synthetic", "cells", "--out", str(tmp_path), "--num", "2", "--size", "64"]
     )
     assert len(json.load(open(json_path))["images"]) == 2

@@ -9,6 +9,7 @@ Examples::
 
 import argparse
 import logging
+import sys
 from typing import List, Optional
 
 from . import datalists, instance_maps, isbi2014, livecell, synthetic
@@ -148,13 +149,18 @@ def run(args: argparse.Namespace):
     return SYNTHETIC[args.kind](args)
 
 
-def main(argv: Optional[List[str]] = None):
-    """Entry point of ``sslseg-convert``; prints and returns the written path(s)."""
+def convert(argv: Optional[List[str]] = None):
+    """Parse ``argv`` (``sslseg-convert``'s arguments) and run it; returns the written path(s)."""
+    return run(build_parser().parse_args(argv))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``sslseg-convert``: prints the written path(s) once and returns the exit
+    status 0 (the console-script wrapper does ``sys.exit(main())``; errors raise)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = run(build_parser().parse_args(argv))
-    print(result)
-    return result
+    print(convert(argv))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
