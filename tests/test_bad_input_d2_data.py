@@ -21,6 +21,7 @@ from d2ext.data import (
     ImageReadError,
     read_image,
     register_coco_instances_with_points,
+    register_coco_json_datasets,
     register_unlabeled_images,
 )
 from sslseg.datasets.synthetic import make_cells, make_unlabeled_cells
@@ -233,3 +234,17 @@ def test_predict_unreadable_image_named(source, tmp_path):
 def test_predict_refuses_images_over_the_size_limit(source, tmp_path):
     msg = _predict(tmp_path, source[1], extra=["--max-size", "32"])
     assert "longest side accepted is --max-size 32" in msg and "not tiled" in msg
+
+
+# ---------------------------------------------------------------- DATASETS.COCO_JSON
+def test_coco_json_key_bad_entries_named(source, tmp_path):
+    """A malformed entry, a json whose categories do not match NUM_CLASSES, a taken name."""
+    json_file, image_root = map(str, source)
+    with pytest.raises(DatasetError, match=r"entry 'no_json_here': expected 'name:json_file'"):
+        register_coco_json_datasets(["no_json_here"])
+    with pytest.raises(DatasetError, match=r"cells\.json has 2 categories .*NUM_CLASSES is 3"):
+        register_coco_json_datasets([f"t_own_{uuid.uuid4().hex[:8]}:{json_file}"], num_classes=3)
+    with pytest.raises(DatasetError, match="'synthetic_cells_train' is already registered"):
+        register_coco_json_datasets([f"synthetic_cells_train:{json_file}:{image_root}"])
+    with pytest.raises(FileNotFoundError, match=r"annotation file not found: .*nope\.json"):
+        register_coco_json_datasets([f"t_own_x:{tmp_path / 'nope.json'}"])

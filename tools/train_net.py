@@ -35,7 +35,7 @@ from detectron2.utils import comm
 
 import d2ext  # noqa: F401  (registers datasets and models)
 from d2ext.config import build_cfg
-from d2ext.data import set_data_root
+from d2ext.data import setup_datasets
 from d2ext.engine import AtomicDetectionCheckpointer, trainer_class, write_final_metrics
 from d2ext.engine.run_dir import check_train_dir, clear_previous_run, eval_output_dir, eval_weights
 
@@ -67,7 +67,7 @@ def setup(args):
     default_setup(cfg, args)
     if overwrite and not args.eval_only and comm.is_main_process():
         clear_previous_run(cfg.OUTPUT_DIR)
-    set_data_root(cfg.DATASETS.DATA_ROOT)
+    setup_datasets(cfg)  # data root, image reader, DATASETS.COCO_JSON (d2ext.data.user)
     return cfg
 
 
