@@ -9,6 +9,12 @@
 - ``stats.loss_terms``: the losses of a trainer's output, for StatsHandler/TensorBoard.
 - ``export``: a bundle network exported with ``torch.export`` (TorchScript's successor).
 - ``rng.RNGState``: checkpointable python/numpy/torch RNG state (exact resume).
+- ``checkpoint.SafeCheckpointSaver``: MONAI's CheckpointSaver with atomic writes, the previous
+  file removed only once its successor is in place.
+- ``checkpoint_resume``: ``--resume true`` (newest intact checkpoint), ``--resume_from`` checks,
+  ``check_ckpt_dir`` (a new run does not replace another run's files; ``--overwrite true``).
+- ``checkpoint_rng.TransformRNGState``: checkpointable random-transform states (exact resume
+  with a plain loader).
 - ``inferers``: ``ProbabilityNet`` (probability averaging, optional fast inference copy),
   ``la_overlap`` (exact LA strides), ``SliceVolumeInferer`` (2D network over a 3D volume).
 - ``reference_inference``: the LA papers' per-window loop, the reference for tests/benchmarks.
