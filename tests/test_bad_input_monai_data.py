@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from conftest import BUNDLES, ENV, REPO
 from monai.bundle import ConfigParser
@@ -17,6 +18,7 @@ from monai_bundles.common.command import bundle_run_command, check_overrides
 from monai_bundles.common.datalist import datalist_split
 from sslseg.datasets.synthetic import make_slices
 from sslseg.errors import InputError, InputKeyError, find_input_error
+from sslseg.metrics.cli import main as coco_eval_main
 
 UNET = BUNDLES / "supervised_unet" / "configs"
 DMD = BUNDLES / "dmd" / "configs"
@@ -187,3 +189,55 @@ def test_sslseg_convert_exits_0_and_prints_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert str(tmp_path) in proc.stdout and str(tmp_path) not in proc.stderr
     assert proc.stdout.count(str(tmp_path / "cells.json")) == 1, proc.stdout
+
+
+def _coco_files(tmp_path, num_images=2, scores=(0.9,)):
+    """gt with ``num_images`` 16x16 images (one square cell each); predictions (perfect masks)
+    on image 1 only, one per score."""
+    from pycocotools import mask as mask_util
+
+    m = np.zeros((16, 16), np.uint8)
+    m[3:9, 3:9] = 1
+    rle = mask_util.encode(np.asfortranarray(m))
+    rle["counts"] = rle["counts"].decode("ascii")
+    images = [
+        {"id": i, "file_name": f"{i}.png", "height": 16, "width": 16}
+        for i in range(1, 1 + num_images)
+    ]
+    anns = [
+        {
+            "id": i,
+            "image_id": i,
+            "category_id": 1,
+            "segmentation": rle,
+            "area": 36,
+            "bbox": [3, 3, 6, 6],
+            "iscrowd": 0,
+        }
+        for i in range(1, 1 + num_images)
+    ]
+    gt = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}
+    preds = [{"image_id": 1, "category_id": 1, "segmentation": rle, "score": s} for s in scores]
+    gt_path, pred_path = tmp_path / "gt.json", tmp_path / "pred.json"
+    gt_path.write_text(json.dumps(gt))
+    pred_path.write_text(json.dumps(preds))  # NaN/Infinity literals as Python's json writes them
+    return str(gt_path), str(pred_path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "high"])
+def test_coco_eval_refuses_non_finite_scores(tmp_path, capsys, bad):
+    """#8: a NaN/infinite (or non-number) score is refused naming the prediction index (was: rc
+    0 and a changed AP50)."""
+    gt, pred = _coco_files(tmp_path, num_images=1, scores=(0.9, bad))
+    assert coco_eval_main(["--gt", gt, "--pred", pred]) == 2
+    err = capsys.readouterr().err
+    assert f"error: prediction 1 in {pred}: score" in err and "not a finite number" in err
+
+
+def test_coco_eval_reports_images_without_predictions(tmp_path, capsys, caplog):
+    """#11: gt images without any prediction are counted in a warning (they count as misses);
+    the table says its unit."""
+    gt, pred = _coco_files(tmp_path, num_images=4)
+    assert coco_eval_main(["--gt", gt, "--pred", pred]) == 0
+    assert "3 of 4 ground-truth images" in caplog.text and "they count as misses" in caplog.text
+    assert capsys.readouterr().out.splitlines()[0] == "all values in percent (0-100):"

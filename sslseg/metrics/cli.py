@@ -3,16 +3,24 @@
     sslseg-coco-eval --gt gt.json --pred predictions.json [--max-dets 1000] [--out metrics.json]
 
 Prints one row per class (and their mean): mAP, AP50, AP75 (pycocotools, segm), AJI, AJI-matched,
-object Dice and LACSS AP50/AP75/mAP, all in percent. Definitions: docs/metrics.md.
+object Dice and LACSS AP50/AP75/mAP, all in percent (0-100). Definitions: docs/metrics.md.
+The ground truth to give is the one the predictions were made for, e.g. the
+``inference/<dataset>/<dataset>_coco_format.json`` Detectron2's COCOEvaluator writes beside
+``coco_instances_results.json``: gt images without any prediction count as misses (a warning
+says how many), and predictions with a NaN or infinite score are refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import sys
 from typing import Dict, List, Optional, Sequence
+
+from sslseg.errors import InputError
 
 from .cells import CELL_METRICS, evaluate_cells, segmentation_to_rle
 from .common import nan_to_none
@@ -33,8 +41,8 @@ COLUMNS = (
 )
 
 
-class InputError(ValueError):
-    """Bad input file (the CLI prints the message and exits with status 2)."""
+logger = logging.getLogger(__name__)
+UNITS = "all values in percent (0-100)"
 
 
 def _load_json(path: str, what: str):
@@ -67,6 +75,31 @@ def _check_inputs(gt: dict, preds, gt_path: str, pred_path: str) -> None:
                 f"prediction {i} in {pred_path}: category_id {p.get('category_id')!r} not in "
                 f"the categories of {gt_path} ({sorted(cat_ids)})"
             )
+        score = p.get("score", 1.0)
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, (int, float))
+            or not math.isfinite(score)
+        ):
+            raise InputError(
+                f"prediction {i} in {pred_path}: score {score!r} is not a finite number "
+                f"(NaN or infinite scores would reorder the ranking AP is computed from)"
+            )
+
+
+def _warn_images_without_predictions(gt: dict, preds, gt_path: str, pred_path: str) -> int:
+    """Warn how many gt images have no prediction (their instances all count as missed);
+    returns that number."""
+    predicted = {p["image_id"] for p in preds}
+    missing = [im["id"] for im in gt["images"] if im["id"] not in predicted]
+    if missing:
+        logger.warning(
+            f"{len(missing)} of {len(gt['images'])} ground-truth images in {gt_path} have no "
+            f"predictions in {pred_path}; they count as misses (e.g. image ids "
+            f"{missing[:5]}). If the predictions cover a subset, give the gt of that subset "
+            f"(Detectron2: inference/<dataset>/<dataset>_coco_format.json)"
+        )
+    return len(missing)
 
 
 def _image_records(gt: dict, preds: Sequence[dict]) -> List[dict]:
@@ -101,10 +134,15 @@ def _image_records(gt: dict, preds: Sequence[dict]) -> List[dict]:
 def evaluate_files(
     gt_path: str, pred_path: str, max_dets: int = 1000, score_threshold: float = 0.5
 ) -> Dict[str, Dict]:
-    """Evaluate the files; returns ``{class name or "mean": {column: percent}}``."""
+    """Evaluate the files; returns ``{class name or "mean": {column: percent (0-100)}}``.
+
+    Raises ``InputError`` for a missing/invalid file or prediction (naming its index); warns with
+    the count of gt images that have no prediction (they count as misses).
+    """
     gt = _load_json(gt_path, "gt")
     preds = _load_json(pred_path, "prediction")
     _check_inputs(gt, preds, gt_path, pred_path)
+    _warn_images_without_predictions(gt, preds, gt_path, pred_path)
     names = [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
     coco = coco_map(gt, preds, iou_type="segm", max_dets=max_dets, per_class=True)
     cells, _ = evaluate_cells(
@@ -126,7 +164,7 @@ def evaluate_files(
 
 def _format_table(table: Dict[str, Dict]) -> str:
     width = max(12, *(len(n) for n in table))
-    lines = [f"{'class':<{width}} " + " ".join(f"{c:>11}" for c in COLUMNS)]
+    lines = [f"{UNITS}:", f"{'class':<{width}} " + " ".join(f"{c:>11}" for c in COLUMNS)]
     for name, row in table.items():
         lines.append(f"{name:<{width}} " + " ".join(f"{row[c]:>11.2f}" for c in COLUMNS))
     return "\n".join(lines)
@@ -134,7 +172,12 @@ def _format_table(table: Dict[str, Dict]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gt", required=True, help="COCO instances json (ground truth)")
+    parser.add_argument(
+        "--gt",
+        required=True,
+        help="COCO instances json (ground truth) of the predicted images, e.g. Detectron2's "
+        "OUTPUT_DIR/inference/<dataset>/<dataset>_coco_format.json",
+    )
     parser.add_argument("--pred", required=True, help="COCO results json with RLE segmentations")
     parser.add_argument("--max-dets", type=int, default=1000, help="detections kept per image")
     parser.add_argument(
@@ -145,6 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--out", default=None, help="write the table as json here")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         table = evaluate_files(
             args.gt, args.pred, max_dets=args.max_dets, score_threshold=args.score_threshold
