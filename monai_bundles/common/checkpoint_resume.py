@@ -61,10 +61,11 @@ def load_checkpoint(path: Union[str, Path]) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # EOFError, RuntimeError (zip), UnpicklingError, ...
-        size = Path(path).stat().st_size
+        size, why = Path(path).stat().st_size, type(e).__name__ + (
+            f": {str(e)[:200]}" if str(e) else ""
+        )
         raise UnreadableInputError(
-            f"checkpoint {path} ({size} bytes) cannot be loaded, it is truncated or corrupt "
-            f"({type(e).__name__}: {str(e)[:200]})"
+            f"checkpoint {path} ({size} bytes) cannot be loaded, it is truncated or corrupt ({why})"
         ) from e
 
 
