@@ -3,7 +3,7 @@
 Importing the package registers ``MMTPSMRCNN`` in detectron2's ``META_ARCH_REGISTRY`` and
 ``MMTPSMTrainer`` in ``d2ext.engine.TRAINER_REGISTRY`` (the "auto" trainer of ``MMTPSMRCNN``).
 The visualiser's drawing code (:mod:`d2ext.mmt_psm.visualize`, used by
-``tools/visualize_mmt_psm.py``) is imported on demand.
+``tools/visualize.py``) is imported on demand.
 """
 
 from .config import add_mmt_psm_config

@@ -1,9 +1,10 @@
-"""Drawing MMT-PSM: teacher / student predictions and the teacher's pseudo-labels, as PNG.
+"""Drawing predictions of any shipped model, and MMT-PSM's teacher / student predictions and the
+teacher's pseudo-labels, as PNG.
 
-Used by ``tools/visualize_mmt_psm.py`` (the command line: config, datasets, output folder).
+Used by ``tools/visualize.py`` (the command line: config, datasets, output folder).
 
-- :func:`render_predictions`: ground truth | teacher predictions | student predictions, at the
-  original image size (detections with score >= ``score_thresh``);
+- :func:`render_predictions`: ground truth | predictions (MMT-PSM: teacher predictions | student
+  predictions), at the original image size (detections with score >= ``score_thresh``);
 - :func:`render_pseudo_labels`: on one :class:`~d2ext.mmt_psm.KViewMapper` output (training size).
   Top row: teacher view 0 with the teacher's detections (the pseudo masks, score >=
   ``MODEL.MMT_PSM.MGD_SCORE_THRESH``) | the mined proposals (used by L_psm) on the clean image,
@@ -57,11 +58,14 @@ class _KeyReportingCheckpointer(DetectionCheckpointer):
         return self.incompatible
 
 
-def load_weights(model: MMTPSMRCNN, weights: str) -> List[str]:
-    """Load ``weights`` into ``model``; return warnings about the teacher (empty when fine)."""
+def load_weights(model: GeneralizedRCNN, weights: str) -> List[str]:
+    """Load ``weights`` into ``model``; return warnings about an MMT-PSM teacher (empty when fine
+    or not MMT-PSM)."""
     checkpointer = _KeyReportingCheckpointer(model)
     checkpointer.load(weights)
     warnings = []
+    if not isinstance(model, MMTPSMRCNN):
+        return warnings
     inc = checkpointer.incompatible
     missing = list(inc.missing_keys) if inc is not None else []
     teacher_missing = [k for k in missing if k.startswith("teacher.")]
@@ -161,17 +165,29 @@ def out_name(out_dir: Path, dataset: str, k: int, file_name: str, kind: str) -> 
 
 
 # ---------------------------------------------------------------- the two figures
+def _predictions(model: GeneralizedRCNN, inputs: List[Dict], teacher_note: str):
+    """``[(name, Instances)]`` of each network of ``model`` on ``inputs`` (eval mode)."""
+    if not isinstance(model, MMTPSMRCNN):
+        return [("predictions", model(inputs)[0]["instances"])]
+    # the student: GeneralizedRCNN's own eval forward on the MMTPSMRCNN (= the student)
+    return [
+        (f"teacher{teacher_note}", model.teacher(inputs)[0]["instances"]),
+        ("student", GeneralizedRCNN.forward(model, inputs)[0]["instances"]),
+    ]
+
+
 @torch.no_grad()
 def render_predictions(
     cfg,
-    model: MMTPSMRCNN,
+    model: GeneralizedRCNN,
     mapper: DatasetMapper,
     d: Dict,
     metadata,
     score_thresh: float,
     teacher_note: str = "",
 ) -> np.ndarray:
-    """BGR figure: ground truth | teacher predictions | student predictions (original size).
+    """BGR figure: ground truth | predictions, or for MMT-PSM ground truth | teacher predictions
+    | student predictions (original size).
 
     ``mapper``: the test-time ``DatasetMapper`` (resizes as evaluation does); predictions are
     drawn at the original size (the models rescale them to the dict's height/width)."""
@@ -181,21 +197,15 @@ def render_predictions(
     rgb = np.ascontiguousarray(rgb)
     shape = rgb.shape[:2]
     gt = _vis_image(Visualizer(rgb, metadata).draw_dataset_dict(d), shape)
-    inputs = [mapper(d)]
-    teacher = _above(model.teacher(inputs)[0]["instances"], score_thresh)
-    # the student: GeneralizedRCNN's own eval forward on the MMTPSMRCNN (= the student)
-    student = _above(GeneralizedRCNN.forward(model, inputs)[0]["instances"], score_thresh)
-    panels = [
-        _title(gt, f"ground truth: {len(d.get('annotations', []))} instances"),
-        _title(
-            _draw_predictions(rgb, teacher, metadata),
-            f"teacher{teacher_note}: {len(teacher)} >= {score_thresh:g}",
-        ),
-        _title(
-            _draw_predictions(rgb, student, metadata),
-            f"student: {len(student)} >= {score_thresh:g}",
-        ),
-    ]
+    panels = [_title(gt, f"ground truth: {len(d.get('annotations', []))} instances")]
+    for name, instances in _predictions(model, [mapper(d)], teacher_note):
+        instances = _above(instances, score_thresh)
+        panels.append(
+            _title(
+                _draw_predictions(rgb, instances, metadata),
+                f"{name}: {len(instances)} >= {score_thresh:g}",
+            )
+        )
     return _row(panels)
 
 
