@@ -11,13 +11,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import BUNDLES, ENV, REPO
+from conftest import BUNDLES, ENV, REPO, run_bundle
 from monai.bundle import ConfigParser
 
 from monai_bundles.common.command import bundle_run_command, check_overrides
 from monai_bundles.common.datalist import datalist_split
+from monai_bundles.common.eval_checkpoint import select_eval_checkpoint
 from sslseg.datasets.synthetic import make_slices
-from sslseg.errors import InputError, InputKeyError, find_input_error
+from sslseg.errors import InputError, InputKeyError, MissingInputError, find_input_error
 from sslseg.metrics.cli import main as coco_eval_main
 
 UNET = BUNDLES / "supervised_unet" / "configs"
@@ -241,3 +242,43 @@ def test_coco_eval_reports_images_without_predictions(tmp_path, capsys, caplog):
     assert coco_eval_main(["--gt", gt, "--pred", pred]) == 0
     assert "3 of 4 ground-truth images" in caplog.text and "they count as misses" in caplog.text
     assert capsys.readouterr().out.splitlines()[0] == "all values in percent (0-100):"
+
+
+def test_eval_checkpoint_falls_back_to_final(tmp_path, caplog):
+    """#46: evaluate without model.pt (no validation ran) loads checkpoint_final.pt, saying so;
+    with neither, the error names the folder, both files and --eval_checkpoint."""
+    with pytest.raises(MissingInputError, match=r"neither model.pt .* nor checkpoint_final.pt"):
+        select_eval_checkpoint(tmp_path)
+    (tmp_path / "checkpoint_final.pt").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        assert select_eval_checkpoint(tmp_path) == str(tmp_path / "checkpoint_final.pt")
+    assert "evaluating the final checkpoint" in caplog.text
+    (tmp_path / "model.pt").write_bytes(b"")
+    assert select_eval_checkpoint(tmp_path) == str(tmp_path / "model.pt")
+    for bundle in (UNET, DMD):
+        parser = ConfigParser()
+        parser.read_config([str(bundle / "train.json"), str(bundle / "evaluate.json")])
+        target = parser["eval_checkpoint#_target_"]
+        assert target.endswith("select_eval_checkpoint"), bundle
+        assert "@eval_checkpoint" in json.dumps(parser["validate#handlers"]), bundle
+
+
+@pytest.mark.slow
+def test_evaluate_after_a_run_without_validation(slices, tmp_path):
+    """#46 end to end (UNet bundle): train 1 epoch with validation every 5, then evaluate.json
+    as documented: it evaluates checkpoint_final.pt and says so."""
+    root, datalist = slices
+    work = tmp_path / "run"
+    common = {
+        "dataset_dir": str(root),
+        "datalist": datalist,
+        "num_workers": 0,
+        "patch_size": [32, 32],
+        "batch_size": 4,
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "eval"),
+    }
+    run_bundle([str(UNET / "train.json")], {**common, "max_epochs": 1, "val_interval": 5})
+    assert not (work / "models" / "model.pt").exists()
+    log = run_bundle([str(UNET / "train.json"), str(UNET / "evaluate.json")], common)
+    assert "evaluating the final checkpoint" in log and (work / "eval" / "metrics.json").is_file()
