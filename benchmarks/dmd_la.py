@@ -77,6 +77,7 @@ def run(args):
         "epoch_length": min(200, args.iterations),
         "val_interval": 10**6,
         "num_workers": 1,
+        "overwrite": True,  # a re-run replaces this benchmark's own earlier checkpoints
         "sw_batch_size": 1,
         "lr_step": max(1, args.iterations * 2500 // 6000),
     }
