@@ -4,8 +4,9 @@ The supervised UNet bundle through ``python -m monai.bundle`` on synthetic slice
 4 iterations per epoch): a run SIGKILLed while writing ``checkpoint_epoch=2.pt`` keeps
 ``checkpoint_epoch=1.pt``; ``--resume true`` continues from it and ends with exactly the weights,
 optimizer and iteration of a straight run; a second run into the same ``ckpt_dir`` stops with a
-message naming the options, and ``--overwrite true`` replaces the old run. DMD: ``--resume true``
-picks the newest checkpoint (its exact resume with ``--resume_from``: test_bundle_dmd.py).
+message naming the options, and ``--overwrite true`` replaces the old run. DMD (ACDC, 2D):
+``--resume true`` continues a finished 1-epoch run in its own ``ckpt_dir`` (the exact resume of
+DMD with ``--resume_from``: test_bundle_dmd.py).
 """
 
 import subprocess
@@ -99,3 +100,23 @@ def test_unet_second_run_into_used_ckpt_dir(data, tmp_path):
     assert (tmp_path / "models" / "model.pt").read_bytes() == best, "model.pt was touched"
     log = run_bundle([UNET], _overrides(data, tmp_path, max_epochs=1, overwrite=True))
     assert "removing the previous run's" in log
+
+
+@pytest.mark.slow
+def test_dmd_resume_true_continues_in_the_same_ckpt_dir(data, tmp_path):
+    """DMD (ACDC, 2D): 1 epoch, then ``--resume true --max_epochs 2`` in the same folder."""
+    configs = [str(BUNDLES / "dmd" / "configs" / f) for f in ("train.json", "train_acdc.json")]
+    dataset_dir, datalist = data
+    tiny = dict(patch_size=[64, 64], labeled_batch_size=2, unlabeled_batch_size=2, epoch_length=2)
+    overrides = tiny_overrides(dataset_dir, datalist, tmp_path, **tiny)
+    run_bundle(configs, overrides)
+    models = tmp_path / "models"
+    log = run_bundle(configs, {**overrides, "max_epochs": 2, "resume": True})
+    assert f"resuming from {models / 'checkpoint_final.pt'}" in log, log[-3000:]
+    assert _load(models / "checkpoint_final.pt")["trainer"]["iteration"] == 4
+    # the resumed run's epoch 2 replaced epoch 1's checkpoint (n_saved 1), none left behind
+    assert sorted(p.name for p in models.glob("*.pt")) == [
+        "checkpoint_epoch=2.pt",
+        "checkpoint_final.pt",
+        "model.pt",
+    ]
