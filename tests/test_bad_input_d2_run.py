@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -303,3 +304,37 @@ def test_fewer_test_images_than_processes_evaluates(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     metrics = tmp_path / "out" / "eval" / "model_final" / "final_metrics.json"
     assert "segm" in json.loads(metrics.read_text())
+
+
+_KILLED_SAVE = """
+import sys, time, torch
+import d2ext.engine.checkpoint as ckpt_mod
+from d2ext.engine import AtomicDetectionCheckpointer
+checkpointer = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2), sys.argv[1])
+checkpointer.save("model_0000000", iteration=0)
+def slow(obj, f):
+    f.write(b"partial"); f.flush(); time.sleep(120)
+ckpt_mod.torch.save = slow
+checkpointer.save("model_0000001", iteration=1)
+"""
+
+
+def test_sigkill_during_save_then_resume(tmp_path):
+    """A process killed (SIGKILL) while saving leaves the previous checkpoint intact and named
+    by last_checkpoint plus its partial .tmp; the next start removes the .tmp and resumes."""
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], cwd=REPO)
+    try:
+        for _ in range(600):  # wait for the partial temp file of the second save
+            if list(tmp_path.glob(".model_0000001.pth.*.tmp")) or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the saving process ended early (rc {proc.returncode})"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert len(list(tmp_path.glob(".model_0000001.pth.*.tmp"))) == 1, _names(tmp_path)
+    checkpointer = AtomicDetectionCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
+    (removed,) = checkpointer.remove_stale_temp_files()
+    assert ".model_0000001.pth." in removed and not list(tmp_path.glob(".*.tmp"))
+    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 0
