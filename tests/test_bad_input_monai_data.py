@@ -17,7 +17,9 @@ from monai.bundle import ConfigParser
 from monai_bundles.common.command import bundle_run_command, check_overrides
 from monai_bundles.common.datalist import datalist_split
 from monai_bundles.common.eval_checkpoint import select_eval_checkpoint
-from sslseg.datasets.synthetic import make_slices
+from monai_bundles.common.readers import H5Reader
+from sslseg.datasets import make_nifti_datalist
+from sslseg.datasets.synthetic import make_slices, make_volumes
 from sslseg.errors import InputError, InputKeyError, MissingInputError, find_input_error
 from sslseg.metrics.cli import main as coco_eval_main
 
@@ -282,3 +284,73 @@ def test_evaluate_after_a_run_without_validation(slices, tmp_path):
     assert not (work / "models" / "model.pt").exists()
     log = run_bundle([str(UNET / "train.json"), str(UNET / "evaluate.json")], common)
     assert "evaluating the final checkpoint" in log and (work / "eval" / "metrics.json").is_file()
+
+
+def _nifti_set(tmp_path, num=3):
+    """``num`` LA-like 24x24x16 cases written as NIfTI image/label pairs (+ one unlabeled image),
+    and the datalist ``sslseg-convert nifti`` makes of them (1 validation case)."""
+    import nibabel as nib
+
+    h5_dir = tmp_path / "h5"
+    make_volumes(h5_dir, num=6, shape=(24, 24, 16), seed=0, num_labeled=2)
+    pairs = []
+    for i in range(num + 1):
+        with h5py.File(h5_dir / "volumes" / f"case_{i:03d}.h5", "r") as f:
+            img, lab = f["image"][()], f["label"][()]
+        pair = (tmp_path / "nii" / f"case{i}.nii.gz", tmp_path / "nii" / f"case{i}_seg.nii.gz")
+        pair[0].parent.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(pair[0]))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(pair[1]))
+        pairs.append(pair)
+    unlabeled = [pairs.pop()[0]]
+    datalist = make_nifti_datalist(
+        pairs, tmp_path / "nii.json", num_validation=1, unlabeled=unlabeled
+    )
+    return str(tmp_path / "nii"), datalist, pairs
+
+
+def test_nifti_datalist_loads_through_the_bundle_pipeline(tmp_path):
+    """#50: a datalist of `sslseg-convert nifti` goes through a bundle's own loading transforms
+    (DMD's `load_h5`: H5Reader picks NibabelReader by suffix) and its label check (was:
+    "H5Reader: cannot open <f>.nii.gz (... not HDF5)", 99 frames)."""
+    base, datalist, pairs = _nifti_set(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(str(DMD / "train.json"))
+    parser.update({"dataset_dir": base, "datalist": datalist, "cache_rate": 0, "num_workers": 0})
+    item = parser.get_parsed_content("validate#dataset")[0]
+    assert tuple(item["image"].shape) == tuple(item["label"].shape) == (1, 24, 24, 16)
+    assert item["image"].meta["filename_or_obj"] == str(pairs[2][0].resolve())
+    assert set(np.unique(item["label"].numpy())) <= {0.0, 1.0}
+    train = parser.get_parsed_content("train#dataset")
+    assert len(train) == 2 and tuple(train[0]["label"].shape)[0] == 1
+
+
+def test_unsupported_image_format_names_the_file(tmp_path):
+    """#50's neighbour: a file neither h5 nor NIfTI is named with what to do."""
+    png = tmp_path / "x.png"
+    png.write_bytes(b"")
+    with pytest.raises(InputError, match=r"x\.png is neither h5 .* nor NIfTI .*sslseg-convert"):
+        H5Reader(dataset="image").get_data(str(png))
+
+
+@pytest.mark.slow
+def test_nifti_datalist_trains_the_3d_bundle(tmp_path):
+    """#50 end to end: DMD's (3D) train.json trains and validates on a NIfTI datalist."""
+    base, datalist, _ = _nifti_set(tmp_path)
+    work = tmp_path / "run"
+    overrides = {
+        "dataset_dir": base,
+        "datalist": datalist,
+        "patch_size": [16, 16, 16],
+        "sw_strides": [8, 8, 8],
+        "labeled_batch_size": 1,
+        "unlabeled_batch_size": 1,
+        "epoch_length": 2,
+        "max_epochs": 1,
+        "val_interval": 1,
+        "num_workers": 0,
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "eval"),
+    }
+    run_bundle([str(DMD / "train.json")], overrides)
+    assert (work / "models" / "model.pt").is_file()  # validation ran on the NIfTI volume

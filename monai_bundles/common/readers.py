@@ -1,8 +1,10 @@
-"""MONAI readers and checks for the h5 files of the SSL4MIS / UA-MT layouts.
+"""MONAI readers and checks for the h5 files of the SSL4MIS / UA-MT layouts (and NIfTI).
 
 ``H5Reader(dataset="image")`` reads one dataset of an ``.h5`` file as a channel-less array, so
 ``LoadImaged(keys="image", reader=H5Reader(dataset="image"))`` followed by
-``EnsureChannelFirstd`` gives (1, H, W) slices or (1, *spatial) volumes. ``CheckSameShaped``
+``EnsureChannelFirstd`` gives (1, H, W) slices or (1, *spatial) volumes. NIfTI files
+(``.nii``/``.nii.gz``, e.g. a datalist from ``sslseg-convert nifti``) are read by MONAI's
+``NibabelReader`` in the same place, chosen by suffix, so a bundle takes either. ``CheckSameShaped``
 fails loudly when an image and its label disagree or an image holds NaN/Inf.
 """
 
@@ -13,7 +15,7 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 from monai.config import KeysCollection, PathLike
-from monai.data import ImageReader
+from monai.data import ImageReader, NibabelReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.data.utils import is_supported_format
 from monai.transforms import MapTransform
@@ -23,12 +25,16 @@ from sslseg.errors import InputError, InputKeyError, UnreadableInputError
 
 __all__ = ["H5Reader", "CheckSameShaped", "read_array"]
 
+H5_SUFFIXES = ("h5", "hdf5")
+NIFTI_SUFFIXES = ("nii", "nii.gz")
+
 
 class H5Reader(ImageReader):
-    """Read one dataset (e.g. ``image`` or ``label``) of HDF5 files into numpy arrays.
+    """Read one dataset (e.g. ``image`` or ``label``) of HDF5 files into numpy arrays; NIfTI
+    files (by suffix) are read whole with MONAI's ``NibabelReader`` (float32 unless ``dtype``).
 
     Args:
-        dataset: name of the h5 dataset to read.
+        dataset: name of the h5 dataset to read (unused for NIfTI: image and label are files).
         dtype: optional numpy dtype to cast the array to (None keeps the stored dtype).
         kwargs: ignored extra reader arguments (kept for ``LoadImage`` compatibility).
 
@@ -44,10 +50,24 @@ class H5Reader(ImageReader):
         self.kwargs = kwargs
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
-        """Whether every file name ends with ``.h5`` or ``.hdf5``."""
-        return is_supported_format(filename, ["h5", "hdf5"])
+        """Whether every file name ends with ``.h5`` or ``.hdf5`` (MONAI's automatic reader
+        choice; given as ``LoadImage``'s reader, NIfTI files are read too)."""
+        return is_supported_format(filename, H5_SUFFIXES)
+
+    def _read_nifti(self, name: str) -> tuple[np.ndarray, dict]:
+        """``(array, meta)`` of a NIfTI file by ``NibabelReader`` (affine kept in ``meta``)."""
+        reader = NibabelReader(**({} if self.dtype is None else {"dtype": self.dtype}))
+        try:
+            return reader.get_data(reader.read(name))
+        except Exception as e:  # nibabel raises ImageFileError, OSError, EOFError...
+            raise UnreadableInputError(f"H5Reader: cannot read NIfTI file {name}: {e}") from e
 
     def _read_one(self, name: PathLike) -> np.ndarray:
+        if not is_supported_format(str(name), H5_SUFFIXES):
+            raise InputError(
+                f"H5Reader: {name} is neither h5 (.h5/.hdf5) nor NIfTI (.nii/.nii.gz); "
+                f"convert it (datasets/README.md, sslseg-convert)"
+            )
         try:
             f = h5py.File(name, "r")
         except (OSError, ValueError) as e:
@@ -90,12 +110,15 @@ class H5Reader(ImageReader):
         """
         arrays, meta = [], {}
         for name in ensure_tuple(img):
-            arr = self._read_one(name)
-            header = {
-                MetaKeys.SPATIAL_SHAPE: np.asarray(arr.shape),
-                MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
-                MetaKeys.SPACE: SpaceKeys.RAS,
-            }
+            if is_supported_format(str(name), NIFTI_SUFFIXES):
+                arr, header = self._read_nifti(str(name))
+            else:
+                arr = self._read_one(name)
+                header = {
+                    MetaKeys.SPATIAL_SHAPE: np.asarray(arr.shape),
+                    MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+                    MetaKeys.SPACE: SpaceKeys.RAS,
+                }
             arrays.append(arr)
             _copy_compatible_dict(header, meta)
         return _stack_images(arrays, meta), meta
@@ -104,17 +127,7 @@ class H5Reader(ImageReader):
 def read_array(path: PathLike, dataset: str = "label") -> np.ndarray:
     """The array stored in one file, chosen by suffix: ``dataset`` of an h5 file, or a NIfTI
     volume (``.nii``/``.nii.gz``, ``dataset`` unused). Raises ``InputError`` naming the file."""
-    name = str(path)
-    if is_supported_format(name, ["h5", "hdf5"]):
-        return H5Reader(dataset=dataset)._read_one(name)
-    if is_supported_format(name, ["nii", "nii.gz"]):
-        import nibabel as nib
-
-        try:
-            return np.asanyarray(nib.load(name).dataobj)
-        except Exception as e:  # nibabel raises ImageFileError, OSError, EOFError...
-            raise UnreadableInputError(f"cannot read NIfTI file {name}: {e}") from e
-    raise InputError(f"{name}: not an h5 (.h5/.hdf5) or NIfTI (.nii/.nii.gz) file")
+    return H5Reader(dataset=dataset).get_data(str(path))[0]
 
 
 def _source_name(data: dict, key: str) -> str:

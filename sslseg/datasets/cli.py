@@ -94,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_json")
     p.add_argument("--labeled", type=int, default=8)
     p.add_argument("--require-all", action="store_true", help="fail if a listed case is absent")
-    p = sub.add_parser("nifti", help="NIfTI image/label pairs -> datalist")
+    p = sub.add_parser(
+        "nifti",
+        help="NIfTI image/label pairs -> datalist (volumes: for the 3D bundles, e.g. DMD's "
+        "train.json; the 2D bundles' labeled split takes 2D slices)",
+    )
     p.add_argument("out_json")
     p.add_argument("--image", action="append", required=True, help="repeat, paired with --label")
     p.add_argument("--label", action="append", required=True)
