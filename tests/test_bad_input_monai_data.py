@@ -354,3 +354,22 @@ def test_nifti_datalist_trains_the_3d_bundle(tmp_path):
     }
     run_bundle([str(DMD / "train.json")], overrides)
     assert (work / "models" / "model.pt").is_file()  # validation ran on the NIfTI volume
+
+
+def test_converter_and_data_root_errors_end_short(tmp_path):
+    """Converters' and the bundles' own datalist builders' bad input: `sslseg-convert` prints
+    `error: <message>` and exits 2 (no traceback); a bundle whose dataset_dir lacks the LA
+    list files ends with the message naming the file."""
+    script = Path(sys.executable).parent / "sslseg-convert"
+    proc = subprocess.run(
+        [str(script), "edf", str(tmp_path), str(tmp_path / "out.json")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (
+        proc.stderr.strip().splitlines()[-1] == f"error: no images matching EDF*.png in {tmp_path}"
+    )
+    rc, lines = _run([DMD / "train.json"], {"dataset_dir": str(tmp_path), "num_workers": 0})
+    assert rc != 0 and lines[-1].startswith("error: list file ") and str(tmp_path) in lines[-1]

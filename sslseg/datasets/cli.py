@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import List, Optional
 
+from sslseg.errors import InputError
+
 from . import datalists, instance_maps, isbi2014, livecell, synthetic
 
 SYNTHETIC = {
@@ -160,9 +162,15 @@ def convert(argv: Optional[List[str]] = None):
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``sslseg-convert``: prints the written path(s) once and returns the exit
-    status 0 (the console-script wrapper does ``sys.exit(main())``; errors raise)."""
+    status (the console-script wrapper does ``sys.exit(main())``): 0, or 2 with ``error:
+    <message>`` on stderr for bad input (``sslseg.errors.InputError``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(convert(argv))
+    try:
+        result = convert(argv)
+    except InputError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    print(result)
     return 0
 
 

@@ -11,6 +11,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from pycocotools import mask as mask_util
 
+from sslseg.errors import InputError
+
 from .io_utils import PathLike, write_json_atomic
 
 CERVICAL_CATEGORIES = [
@@ -60,7 +62,7 @@ def instance_point(
             the cell's nucleus); the result is still guaranteed inside ``mask``.
     """
     if point_mode not in POINT_MODES:
-        raise ValueError(f"point_mode must be one of {POINT_MODES}, got {point_mode!r}")
+        raise InputError(f"point_mode must be one of {POINT_MODES}, got {point_mode!r}")
     src = mask if anchor is None or not anchor.any() else (anchor & mask.astype(bool))
     if not src.any():
         src = mask
@@ -68,7 +70,7 @@ def instance_point(
     xy = np.array([cols.mean() + 0.5, rows.mean() + 0.5])
     if point_mode == "jitter" and jitter > 0:
         if rng is None:
-            raise ValueError("point_mode='jitter' needs an rng (np.random.Generator)")
+            raise InputError("point_mode='jitter' needs an rng (np.random.Generator)")
         xy = xy + rng.normal(0.0, jitter, size=2)
         xy = np.clip(xy, 0.0, np.array([mask.shape[1], mask.shape[0]]) - 1e-3)
     if not point_in_mask(mask, xy):
@@ -94,10 +96,10 @@ def mask_to_annotation(
     Raises ``ValueError`` (naming ``source``) for an empty mask.
     """
     if mask.ndim != 2:
-        raise ValueError(f"{source}: instance mask must be (H, W), got shape {mask.shape}")
+        raise InputError(f"{source}: instance mask must be (H, W), got shape {mask.shape}")
     mask = mask.astype(bool)
     if not mask.any():
-        raise ValueError(f"{source}: instance {ann_id} (category {category_id}) has an empty mask")
+        raise InputError(f"{source}: instance {ann_id} (category {category_id}) has an empty mask")
     rle = encode_mask(mask)
     bbox = [float(v) for v in mask_util.toBbox(rle)]
     # choose the point on the bbox crop (fast for dense images), then shift it back
@@ -139,11 +141,11 @@ def write_coco(
     """Write a COCO instances json atomically; checks ids are unique and refer to images."""
     image_ids = [im["id"] for im in images]
     if len(set(image_ids)) != len(image_ids):
-        raise ValueError(f"{out_json}: duplicate image ids")
+        raise InputError(f"{out_json}: duplicate image ids")
     known, cat_ids = set(image_ids), {c["id"] for c in categories}
     for ann in annotations:
         if ann["image_id"] not in known or ann["category_id"] not in cat_ids:
-            raise ValueError(
+            raise InputError(
                 f"{out_json}: annotation {ann['id']} refers to an unknown image "
                 f"{ann['image_id']} or category {ann['category_id']}"
             )

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from sslseg.errors import InputError, MissingInputError
+
 from .io_utils import PathLike, check_exists, read_list_file, write_datalist
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def acdc_datalist(src_dir: PathLike, labeled_patients: Union[int, str] = 3) -> D
     elif isinstance(labeled_patients, int) and 1 <= labeled_patients <= len(patients):
         n = labeled_patients
     else:
-        raise ValueError(
+        raise InputError(
             f"labeled_patients must be 'all' or an int in 1..{len(patients)} "
             f"(patients in {src_dir / 'train_slices.list'}), got {labeled_patients!r}"
         )
@@ -105,7 +107,7 @@ def la_datalist(src_dir: PathLike, labeled: int = 8, require_all: bool = False) 
     train = read_list_file(src_dir / "train.list")
     test_cases = read_list_file(src_dir / "test.list")
     if not 1 <= labeled <= len(train):
-        raise ValueError(
+        raise InputError(
             f"labeled must be in 1..{len(train)} (cases in {src_dir / 'train.list'}), "
             f"got {labeled}"
         )
@@ -143,13 +145,13 @@ def _nifti_shape(path: Path) -> Tuple[int, ...]:
     import nibabel as nib
 
     if not path.is_file():
-        raise FileNotFoundError(f"NIfTI file {path} does not exist")
+        raise MissingInputError(f"NIfTI file {path} does not exist")
     if not path.name.endswith((".nii", ".nii.gz")):
-        raise ValueError(f"{path} is not a NIfTI file (.nii / .nii.gz)")
+        raise InputError(f"{path} is not a NIfTI file (.nii / .nii.gz)")
     try:
         return tuple(nib.load(str(path)).shape[:3])
     except Exception as e:  # nibabel raises ImageFileError, OSError, EOFError...
-        raise ValueError(f"cannot read NIfTI header of {path}: {e}") from e
+        raise InputError(f"cannot read NIfTI header of {path}: {e}") from e
 
 
 def make_nifti_datalist(
@@ -173,16 +175,16 @@ def make_nifti_datalist(
     pairs = [(Path(i).resolve(), Path(lab).resolve()) for i, lab in pairs]
     images_only = [Path(u).resolve() for u in unlabeled]
     if not pairs:
-        raise ValueError(f"{out_json}: no (image, label) pairs given")
+        raise InputError(f"{out_json}: no (image, label) pairs given")
     if num_validation < 0 or num_test < 0 or len(pairs) - num_validation - num_test < 1:
-        raise ValueError(
+        raise InputError(
             f"{out_json}: {len(pairs)} pairs cannot give {num_validation} "
             f"validation + {num_test} test and keep a labeled one"
         )
     for img, lab in pairs:
         si, sl = _nifti_shape(img), _nifti_shape(lab)
         if si != sl:
-            raise ValueError(f"label {lab} has shape {sl} but image {img} has {si}")
+            raise InputError(f"label {lab} has shape {sl} but image {img} has {si}")
     for img in images_only:
         _nifti_shape(img)
     all_files = [p for pair in pairs for p in pair] + images_only

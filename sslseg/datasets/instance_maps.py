@@ -10,6 +10,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from scipy import ndimage
 
+from sslseg.errors import InputError, MissingInputError
+
 from .coco_utils import CELL_CATEGORIES, image_record, mask_to_annotation, write_coco
 from .io_utils import PathLike, read_image, write_png
 
@@ -36,7 +38,7 @@ def instance_map_to_annotations(
         source: file name used in error messages.
     """
     if inst_map.ndim != 2 or not np.issubdtype(inst_map.dtype, np.integer):
-        raise ValueError(
+        raise InputError(
             f"{source}: instance map must be a 2D integer array, got shape "
             f"{inst_map.shape} dtype {inst_map.dtype}"
         )
@@ -80,16 +82,16 @@ def convert_miccai2015(
     src_dir = Path(src_dir)
     images = sorted(p for p in src_dir.glob("*.png") if not p.stem.endswith("_inst"))
     if not images:
-        raise FileNotFoundError(f"no images (*.png without _inst) in {src_dir}")
+        raise MissingInputError(f"no images (*.png without _inst) in {src_dir}")
     rng = np.random.default_rng(seed)
     records, anns = [], []
     for image_id, img_path in enumerate(images, start=1):
         inst_path = img_path.with_name(f"{img_path.stem}_inst.png")
         if not inst_path.is_file():
-            raise FileNotFoundError(f"image {img_path} has no instance map {inst_path}")
+            raise MissingInputError(f"image {img_path} has no instance map {inst_path}")
         img, inst = read_image(img_path), read_image(inst_path)
         if img.shape[:2] != inst.shape[:2]:
-            raise ValueError(
+            raise InputError(
                 f"{inst_path} has shape {inst.shape[:2]} but {img_path} has " f"{img.shape[:2]}"
             )
         records.append(image_record(image_id, img_path.name, *img.shape[:2]))
@@ -131,13 +133,13 @@ def convert_stardist(
     img_path, mask_path = src_dir / image_name, src_dir / mask_name
     for p in (img_path, mask_path):
         if not p.is_file():
-            raise FileNotFoundError(f"StarDist file {p} does not exist")
+            raise MissingInputError(f"StarDist file {p} does not exist")
     try:
         img, inst = tifffile.imread(img_path), tifffile.imread(mask_path)
     except Exception as e:  # tifffile raises several types for corrupt files
-        raise ValueError(f"cannot read StarDist TIFF in {src_dir}: {e}") from e
+        raise InputError(f"cannot read StarDist TIFF in {src_dir}: {e}") from e
     if img.shape[:2] != inst.shape:
-        raise ValueError(f"{mask_path} has shape {inst.shape} but {img_path} has {img.shape}")
+        raise InputError(f"{mask_path} has shape {inst.shape} but {img_path} has {img.shape}")
     image_root = out_json.parent / "stardist_images"
     png_name = f"{img_path.stem}.png"
     write_png(image_root / png_name, to_uint8(img))

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
+from sslseg.errors import InputError, MissingInputError
 from sslseg.io import PathLike, write_json_atomic  # noqa: F401 (re-exported)
 
 DATALIST_KEYS = ("labeled", "unlabeled", "validation", "test")
@@ -37,7 +38,7 @@ def write_datalist(
     for key, items in data.items():
         for item in items:
             if "image" not in item:
-                raise ValueError(f"datalist {out_json}: an item of '{key}' has no 'image': {item}")
+                raise InputError(f"datalist {out_json}: an item of '{key}' has no 'image': {item}")
     data.update(extra)
     return write_json_atomic(data, out_json)
 
@@ -46,7 +47,7 @@ def read_list_file(path: PathLike) -> List[str]:
     """Read a SSL4MIS/UA-MT style ``.list`` file: one name per line, blank lines dropped."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"list file {path} does not exist")
+        raise MissingInputError(f"list file {path} does not exist")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -58,10 +59,10 @@ def read_image(path: PathLike, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
+        raise MissingInputError(f"image {path} does not exist")
     img = cv2.imread(str(path), flags)
     if img is None:
-        raise ValueError(f"image {path} cannot be decoded (corrupt or unsupported format)")
+        raise InputError(f"image {path} cannot be decoded (corrupt or unsupported format)")
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[..., :3]
     if img.ndim == 3:
@@ -86,4 +87,4 @@ def check_exists(
     for p in paths:
         if not Path(p).exists():
             src = f" (listed in {list_file})" if list_file else ""
-            raise FileNotFoundError(f"{what} file {p}{src} does not exist")
+            raise MissingInputError(f"{what} file {p}{src} does not exist")

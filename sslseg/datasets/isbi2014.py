@@ -12,6 +12,8 @@ from typing import Tuple
 import numpy as np
 from scipy import ndimage
 
+from sslseg.errors import InputError, InputKeyError, MissingInputError
+
 from .coco_utils import CERVICAL_CATEGORIES, image_record, mask_to_annotation, write_coco
 from .io_utils import PathLike, read_image
 
@@ -32,14 +34,14 @@ def load_isbi_gt(mat_path: PathLike):
 
     mat_path = Path(mat_path)
     if not mat_path.is_file():
-        raise FileNotFoundError(f"ISBI ground truth {mat_path} does not exist")
+        raise MissingInputError(f"ISBI ground truth {mat_path} does not exist")
     try:
         mat = loadmat(str(mat_path))
     except Exception as e:  # scipy raises ValueError/TypeError/MatReadError on bad files
-        raise ValueError(f"cannot read ISBI ground truth {mat_path}: {e}") from e
+        raise InputError(f"cannot read ISBI ground truth {mat_path}: {e}") from e
     for key in ("train_Cytoplasm", "train_Nuclei"):
         if key not in mat:
-            raise KeyError(
+            raise InputKeyError(
                 f"{mat_path} has no variable '{key}'; variables: "
                 f"{sorted(k for k in mat if not k.startswith('__'))}"
             )
@@ -48,7 +50,7 @@ def load_isbi_gt(mat_path: PathLike):
     ]
     nuclei = [np.asarray(n) for n in mat["train_Nuclei"].ravel()]
     if len(cyto) != len(nuclei):
-        raise ValueError(f"{mat_path}: {len(cyto)} cytoplasm entries but {len(nuclei)} nuclei")
+        raise InputError(f"{mat_path}: {len(cyto)} cytoplasm entries but {len(nuclei)} nuclei")
     return cyto, nuclei
 
 
@@ -80,12 +82,12 @@ def convert_isbi2014(
         (json_path, image_root) with image root ``src_dir/images``.
     """
     if point_mode not in ISBI_POINT_MODES:
-        raise ValueError(f"point_mode must be one of {ISBI_POINT_MODES}, got {point_mode!r}")
+        raise InputError(f"point_mode must be one of {ISBI_POINT_MODES}, got {point_mode!r}")
     src_dir = Path(src_dir)
     image_root, mat_path = src_dir / "images", src_dir / "isbi_train_GT.mat"
     files = _numbered_pngs(image_root)
     if not files:
-        raise FileNotFoundError(f"no N.png images in {image_root}")
+        raise MissingInputError(f"no N.png images in {image_root}")
     cyto, nuclei = load_isbi_gt(mat_path)
     rng = np.random.default_rng(seed)
     base_mode = "centroid" if point_mode == "nucleus" else point_mode
@@ -93,13 +95,13 @@ def convert_isbi2014(
     for path in files:
         idx, img = int(path.stem) - 1, read_image(path)
         if not 0 <= idx < len(cyto):
-            raise ValueError(
+            raise InputError(
                 f"{path}: no ground truth index {idx} in {mat_path} " f"({len(cyto)} entries)"
             )
         shape = img.shape[:2]
         bad = [m.shape for m in cyto[idx] + [nuclei[idx]] if m.shape != shape]
         if bad:
-            raise ValueError(f"{mat_path} index {idx}: mask shape {bad[0]} != image {path} {shape}")
+            raise InputError(f"{mat_path} index {idx}: mask shape {bad[0]} != image {path} {shape}")
         image_id = len(records) + 1
         records.append(image_record(image_id, path.name, *shape))
         nuc_lab, num_nuc = ndimage.label(nuclei[idx] > 0, structure=_EIGHT_CONNECTED)
@@ -145,7 +147,7 @@ def convert_edf(
     src_dir = Path(src_dir)
     files = sorted(src_dir.glob(pattern))
     if not files:
-        raise FileNotFoundError(f"no images matching {pattern} in {src_dir}")
+        raise MissingInputError(f"no images matching {pattern} in {src_dir}")
     records = [image_record(i, p.name, *read_image(p).shape[:2]) for i, p in enumerate(files, 1)]
     path = write_coco(out_json, records, [], CERVICAL_CATEGORIES, f"EDF unlabeled ({src_dir})")
     return str(path), str(src_dir)

@@ -11,6 +11,8 @@ from typing import Dict, Tuple
 import numpy as np
 from pycocotools import mask as mask_util
 
+from sslseg.errors import InputError, InputKeyError, MissingInputError
+
 from .coco_utils import instance_point, write_coco
 from .io_utils import PathLike
 
@@ -48,19 +50,19 @@ def convert_livecell(
     """
     in_json, image_root = Path(in_json), Path(image_root)
     if not in_json.is_file():
-        raise FileNotFoundError(f"LIVECell json {in_json} does not exist")
+        raise MissingInputError(f"LIVECell json {in_json} does not exist")
     try:
         coco = json.loads(in_json.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"LIVECell json {in_json} is not valid json: {e}") from e
+        raise InputError(f"LIVECell json {in_json} is not valid json: {e}") from e
     for key in ("images", "annotations", "categories"):
         if key not in coco:
-            raise KeyError(f"LIVECell json {in_json} has no '{key}'")
+            raise InputKeyError(f"LIVECell json {in_json} has no '{key}'")
     images: Dict[int, Dict] = {im["id"]: im for im in coco["images"]}
     if check_images:
         for im in images.values():
             if not (image_root / im["file_name"]).is_file():
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"{in_json}: image {image_root / im['file_name']} " "does not exist"
                 )
     anns = coco["annotations"]
@@ -69,12 +71,12 @@ def convert_livecell(
     for ann in anns:
         im = images.get(ann["image_id"])
         if im is None:
-            raise ValueError(
+            raise InputError(
                 f"{in_json}: annotation {ann['id']} refers to unknown image " f"{ann['image_id']}"
             )
         mask = segmentation_to_mask(ann["segmentation"], im["height"], im["width"])
         if not mask.any():
-            raise ValueError(
+            raise InputError(
                 f"{in_json}: annotation {ann['id']} (image {im['file_name']}) has an "
                 "empty segmentation"
             )
