@@ -260,9 +260,9 @@ def test_eval_checkpoint_falls_back_to_final(tmp_path, caplog):
     for bundle in (UNET, DMD):
         parser = ConfigParser()
         parser.read_config([str(bundle / "train.json"), str(bundle / "evaluate.json")])
-        target = parser["eval_checkpoint#_target_"]
-        assert target.endswith("select_eval_checkpoint"), bundle
-        assert "@eval_checkpoint" in json.dumps(parser["validate#handlers"]), bundle
+        loader = parser["validate#handlers#0"]
+        assert loader["_target_"].endswith("EvalCheckpointLoader"), bundle
+        assert loader["load_path"] == "@eval_checkpoint" and parser["eval_checkpoint"] == ""
 
 
 @pytest.mark.slow

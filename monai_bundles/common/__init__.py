@@ -8,8 +8,8 @@
   epochs, per-epoch reseeding) and ``labeled_prepare_batch`` (its labeled part, one network).
 - ``stats.loss_terms``: the losses of a trainer's output, for StatsHandler/TensorBoard.
 - ``export``: a bundle network exported with ``torch.export`` (TorchScript's successor).
-- ``eval_checkpoint.select_eval_checkpoint``: what evaluate.json loads (model.pt, else the final
-  checkpoint with a warning).
+- ``eval_checkpoint.EvalCheckpointLoader``: evaluate.json's loader: ``--eval_checkpoint``, else
+  ``select_eval_checkpoint`` (model.pt, else the final checkpoint with a warning).
 - ``rng.RNGState``: checkpointable python/numpy/torch RNG state (exact resume).
 - ``checkpoint.SafeCheckpointSaver``: MONAI's CheckpointSaver with atomic writes, the previous
   file removed only once its successor is in place.
