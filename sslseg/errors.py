@@ -13,6 +13,7 @@ exception chain, the innermost one's message last as ``error: <message>``. Other
 Python's normal output.
 """
 
+import re
 import sys
 from typing import Optional
 
@@ -22,6 +23,7 @@ __all__ = [
     "MissingInputError",
     "UnreadableInputError",
     "find_input_error",
+    "input_error_message",
     "install_excepthook",
 ]
 
@@ -50,6 +52,11 @@ class UnreadableInputError(InputError, OSError):
     """A file exists but cannot be read (corrupt, truncated, wrong format)."""
 
 
+# an InputError as a line of a traceback formatted into another exception's message (what
+# torch's DataLoader re-raises for an exception in a worker process)
+_FORMATTED = re.compile(r"^sslseg\.errors\.\w+: (.+)$", re.MULTILINE)
+
+
 def find_input_error(exc: Optional[BaseException]) -> Optional[InputError]:
     """The innermost ``InputError`` in ``exc``'s chain (``__cause__``/``__context__``), or None."""
     found, seen = None, set()
@@ -61,12 +68,27 @@ def find_input_error(exc: Optional[BaseException]) -> Optional[InputError]:
     return found
 
 
+def input_error_message(exc: Optional[BaseException]) -> Optional[str]:
+    """The message of the innermost ``InputError`` of ``exc``'s chain, also when it was raised
+    in a DataLoader worker (then only its formatted traceback is in the chain); else None."""
+    err = find_input_error(exc)
+    if err is not None and not _FORMATTED.search(err.message):
+        return err.message
+    found, seen = None, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        matches = _FORMATTED.findall(str(exc))
+        found = matches[0] if matches else found  # the first one a worker's trace names
+        exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+    return found
+
+
 def _hook(previous):
     def excepthook(exc_type, exc, tb):
         previous(exc_type, exc, tb)
-        err = find_input_error(exc)
-        if err is not None:
-            sys.stderr.write(f"\nerror: {err.message}\n")
+        message = input_error_message(exc)
+        if message is not None:
+            sys.stderr.write(f"\nerror: {message}\n")
             sys.stderr.flush()
 
     excepthook.sslseg_input_error_hook = True

@@ -373,3 +373,31 @@ def test_converter_and_data_root_errors_end_short(tmp_path):
     )
     rc, lines = _run([DMD / "train.json"], {"dataset_dir": str(tmp_path), "num_workers": 0})
     assert rc != 0 and lines[-1].startswith("error: list file ") and str(tmp_path) in lines[-1]
+
+
+WORKER_SCRIPT = """
+import monai_bundles  # noqa: F401  (installs the hook)
+from monai.data import DataLoader, Dataset
+from monai.transforms import Lambdad
+from sslseg.errors import InputKeyError
+
+def bad(x):
+    raise InputKeyError("H5Reader: /d/x.h5 has no dataset 'label'; datasets present: ['image']")
+
+if __name__ == "__main__":
+    for _ in DataLoader(Dataset([{"a": 1}], transform=Lambdad("a", bad)), num_workers=1):
+        pass
+"""
+
+
+def test_input_error_in_a_dataloader_worker_ends_the_output(tmp_path):
+    """#12-#22 with cache_rate 0 and loader workers (evaluate.json): the worker's InputError
+    reaches the main process only as formatted text; its message is still the last line."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=REPO, env=ENV, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "error: H5Reader: /d/x.h5 has no dataset 'label'; datasets present: ['image']"
