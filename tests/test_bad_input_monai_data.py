@@ -401,3 +401,20 @@ def test_input_error_in_a_dataloader_worker_ends_the_output(tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "error: H5Reader: /d/x.h5 has no dataset 'label'; datasets present: ['image']"
+
+
+@pytest.mark.parametrize("bundle", [UNET, DMD])
+def test_standalone_inference_checks_overrides_too(bundle):
+    """#45 for inference.json alone: its keys and its train.json's are accepted (one set of
+    overrides serves both), a typo is refused."""
+    import monai
+
+    main = str(Path(monai.__file__).parent / "bundle" / "__main__.py")
+    infer, train = str(bundle / "inference.json"), str(bundle / "train.json")
+    good = bundle_run_command([infer], {"output_dir": "o", "max_epochs": 1}, launcher=[])[2:]
+    check_overrides([main, *good], accept_keys_of=[train])
+    bad = bundle_run_command([infer], {"checkpoint_path": "x.pt"}, launcher=[])[2:]
+    with pytest.raises(InputError, match=r"--checkpoint_path \(close: checkpoint"):
+        check_overrides([main, *bad], accept_keys_of=[train])
+    init = json.loads((bundle / "inference.json").read_text())["initialize"]
+    assert init[1] == "$check_overrides(accept_keys_of=[@bundle_root + '/configs/train.json'])"

@@ -94,7 +94,9 @@ def _ids(node, prefix: str = "") -> List[str]:
     return out
 
 
-def check_overrides(argv: Optional[Sequence[str]] = None) -> None:
+def check_overrides(
+    argv: Optional[Sequence[str]] = None, accept_keys_of: Sequence[str] = ()
+) -> None:
     """Refuse command-line overrides that are no key of the loaded configs (a typo such as
     ``--max_epoch 1`` would otherwise add an unused key and run the default schedule).
 
@@ -102,7 +104,9 @@ def check_overrides(argv: Optional[Sequence[str]] = None) -> None:
     run`` (does nothing for other programs, e.g. a ``ConfigWorkflow`` built in Python). Allowed:
     ``monai.bundle run``'s own arguments (:data:`RUN_ARGS`), ids present in the merged config
     files (``a#b`` too), and new ``a#b`` ids whose parent ``a`` exists. Raises ``InputError``
-    naming each unknown key and its closest config keys.
+    naming each unknown key and its closest config keys. ``accept_keys_of``: more config files
+    whose keys are accepted too (a standalone ``inference.json`` takes the overrides of its
+    ``train.json``, so one set of overrides serves both).
     """
     argv = list(sys.argv if argv is None else argv)
     if not _bundle_run_argv(argv):
@@ -116,7 +120,7 @@ def check_overrides(argv: Optional[Sequence[str]] = None) -> None:
     files = _as_list(overrides.get("config_file", []))
     if not files:
         return  # MONAI itself reports the missing config file
-    parser = ConfigParser(ConfigParser.load_config_files(files))
+    parser = ConfigParser(ConfigParser.load_config_files([*accept_keys_of, *files]))
     unknown = [
         k
         for k in overrides
@@ -131,7 +135,8 @@ def check_overrides(argv: Optional[Sequence[str]] = None) -> None:
             f"--{k} (close: {', '.join(difflib.get_close_matches(k, ids, n=3)) or 'none'})"
             for k in unknown
         )
+        where = ", ".join([*files, *accept_keys_of])
         raise InputError(
-            f"unknown bundle key(s) {desc}: not in {', '.join(files)}; a key is "
-            f"overridden only if a config defines it (`a#b` for nested keys)"
+            f"unknown bundle key(s) {desc}: not in {where}; a key is overridden only if a "
+            f"config defines it (`a#b` for nested keys)"
         )
