@@ -7,6 +7,7 @@ Output folder: a new run into a ``ckpt_dir`` holding another run's checkpoints s
 ``--overwrite true``. The bundles end to end: ``tests/test_bundle_resume.py``.
 """
 
+import json
 import logging
 import subprocess
 import sys
@@ -152,7 +153,48 @@ def test_failed_save_keeps_fixed_name_file(tmp_path, monkeypatch, fixed_name):
     with pytest.raises(OSError, match="disk full"):
         engine.run([0], max_epochs=2)
     assert (tmp_path / name).read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == [name]
+    expected = [name] + ([f"{name}.score.json"] if fixed_name == "key_metric" else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+
+
+def _validated_run(folder, scores, net):
+    """A run whose validation after each epoch scores ``scores[epoch - 1]`` (key metric ``m``);
+    returns the bytes of model.pt after each epoch."""
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(m=scores[e.state.epoch - 1])
+    )
+    saver = SafeCheckpointSaver(
+        save_dir=str(folder),
+        save_dict={"net": net},
+        save_key_metric=True,
+        key_metric_name="m",
+        key_metric_filename="model.pt",
+    )
+    saver.attach(engine)
+    seen = []
+
+    def bump(e):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        seen.append((folder / "model.pt").read_bytes())
+
+    engine.add_event_handler(Events.EPOCH_COMPLETED, bump)
+    engine.run([0], max_epochs=len(scores))
+    return seen
+
+
+def test_resumed_run_keeps_the_better_best_model(tmp_path):
+    """model.pt of an interrupted run (best 0.8) is not replaced by a resumed run's worse first
+    validation (0.6), only by a better one (0.9): its score sidecar is read back."""
+    net = torch.nn.Linear(2, 2)
+    first = _validated_run(tmp_path, [0.5, 0.8], net)
+    assert first[0] != first[1], "the second, better validation replaces model.pt"
+    assert json.loads((tmp_path / "model.pt.score.json").read_text())["priority"] == 0.8
+    resumed = _validated_run(tmp_path, [0.6, 0.9], net)
+    assert resumed[0] == first[1], "a resumed run's worse score replaced the better model.pt"
+    assert resumed[1] != first[1], "a better score must replace model.pt"
+    assert json.loads((tmp_path / "model.pt.score.json").read_text())["priority"] == 0.9
 
 
 def test_monai_saver_removes_final_checkpoint_before_writing(tmp_path, monkeypatch):

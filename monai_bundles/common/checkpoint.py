@@ -11,8 +11,14 @@ swapped for ``SafeDiskSaver``: each file is written to a temporary file in the s
 renamed into place (``sslseg.io.atomic_open``), and the files ignite asks to remove are removed
 only after the next save is in place. A kill at any moment leaves the previous checkpoint intact
 (plus, at worst, a hidden ``.<name>.*.tmp``, which ``checkpoint_resume.check_ckpt_dir`` clears).
+
+The best-model file (``key_metric_filename``, e.g. ``model.pt``) gets a sidecar
+``<name>.score.json`` holding the score it was saved at; a resumed run reads it back, so its first
+validation replaces ``model.pt`` only when it scores better than the interrupted run's best (the
+score is not in the training checkpoint, whose keys the loader checks strictly).
 """
 
+import json
 import re
 from pathlib import Path
 from typing import List, Mapping, Optional
@@ -23,9 +29,9 @@ from ignite.engine import Engine
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
-from sslseg.io import atomic_open
+from sslseg.io import atomic_open, write_json_atomic
 
-__all__ = ["SafeDiskSaver", "SafeCheckpointSaver"]
+__all__ = ["SafeDiskSaver", "SafeCheckpointSaver", "score_file"]
 
 
 class SafeDiskSaver(BaseSaveHandler):
@@ -36,12 +42,21 @@ class SafeDiskSaver(BaseSaveHandler):
         filename: a fixed file name used for every save (MONAI's ``final_filename`` /
             ``key_metric_filename``), or None for the name ignite's ``Checkpoint`` gives.
         save_on_rank: the process that writes (others do nothing), as ignite's ``DiskSaver``.
+        record_score: also write ``<name>.score.json`` with the score (ignite's ``priority``)
+            each file was saved at (the key-metric checkpoint's, read back on resume).
     """
 
-    def __init__(self, dirname, filename: Optional[str] = None, save_on_rank: int = 0):
+    def __init__(
+        self,
+        dirname,
+        filename: Optional[str] = None,
+        save_on_rank: int = 0,
+        record_score: bool = False,
+    ):
         self.dirname = Path(dirname)
         self.filename = filename
         self.save_on_rank = save_on_rank
+        self.record_score = record_score
         self._pending_removal: List[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Optional[Mapping] = None):
@@ -49,6 +64,9 @@ class SafeDiskSaver(BaseSaveHandler):
         if idist.get_rank() == self.save_on_rank:
             with atomic_open(self.dirname / name, "wb") as f:
                 torch.save(checkpoint, f)
+            if self.record_score and metadata is not None:
+                score = {"score_name": metadata.get("score_name"), "priority": metadata["priority"]}
+                write_json_atomic(score, score_file(self.dirname / name))
             for old in self._pending_removal:
                 if old != name:  # a fixed name was just replaced by the rename itself
                     (self.dirname / old).unlink(missing_ok=True)
@@ -71,11 +89,30 @@ class SafeCheckpointSaver(CheckpointSaver):
         ):
             if checkpoint is not None:
                 fixed_name = getattr(checkpoint.save_handler, "filename", None)
-                checkpoint.save_handler = SafeDiskSaver(self.save_dir, filename=fixed_name)
+                checkpoint.save_handler = SafeDiskSaver(
+                    self.save_dir,
+                    filename=fixed_name,
+                    record_score=checkpoint is self._key_metric_checkpoint,
+                )
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
         self._adopt_saved_checkpoints()
+        self._adopt_best_score()
+
+    def _adopt_best_score(self) -> None:
+        """A resumed run's best-model file (and its score sidecar) in ``save_dir`` counts as
+        this run's best so far: it is replaced only by a better score (ignite's comparison)."""
+        checkpoint = self._key_metric_checkpoint
+        if checkpoint is None or checkpoint.state_dict()["_saved"]:
+            return
+        if checkpoint.save_handler.filename is None:  # no fixed name: nothing to read back
+            return
+        best = Path(self.save_dir) / checkpoint.save_handler.filename
+        sidecar = score_file(best)
+        if best.is_file() and sidecar.is_file():
+            priority = json.loads(sidecar.read_text())["priority"]
+            checkpoint.load_state_dict({"_saved": [(priority, best.name)]})
 
     def _adopt_saved_checkpoints(self) -> None:
         """Count the interval checkpoints already in ``save_dir`` (a resumed run's) against
@@ -90,6 +127,11 @@ class SafeCheckpointSaver(CheckpointSaver):
         found = [(int(m.group(1)), m.group(0)) for m in matches if m]
         if found:
             checkpoint.load_state_dict({"_saved": sorted(found)})
+
+
+def score_file(path: Path) -> Path:
+    """The sidecar holding the score a best-model file was saved at."""
+    return path.with_name(path.name + ".score.json")
 
 
 def _names(folder) -> List[str]:

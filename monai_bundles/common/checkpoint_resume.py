@@ -35,9 +35,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # what a bundle training run writes into ckpt_dir (epoch/iteration/final checkpoints, best model)
-RUN_FILE_PATTERNS = ("checkpoint*.pt", "model.pt")
+RUN_FILE_PATTERNS = ("checkpoint*.pt", "model.pt", "model.pt.score.json")
 # the temporary files of an interrupted atomic write (sslseg.io.atomic_open: .<name>.<rand>.tmp)
-TMP_FILE_PATTERNS = (".checkpoint*.pt.*.tmp", ".model.pt.*.tmp")
+TMP_FILE_PATTERNS = (".checkpoint*.pt.*.tmp", ".model.pt.*.tmp", ".model.pt.score.json.*.tmp")
 OPTIONS = (
     "pass --resume true to continue that run, --overwrite true to replace it, or another "
     "--ckpt_dir (or --output_root) for a new run"
