@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from d2ext.engine.run_dir import eval_output_dir
 from sslseg.bench import speed_entry
 from sslseg.paths import data_root, work_dir
 from sslseg.proc import run_logged
@@ -254,8 +255,15 @@ def _train_seed(out: Path, opts, labeled_per_step: int, seed: int) -> dict:
         out / "supervised",
         sup_opts,
         out / "supervised.log",
+        extra_args=["--overwrite"],  # a new benchmark run replaces the previous one's
     )
-    t_mmt = _train(CONFIGS / "isbi2014_20pct.yaml", out / "mmt_psm", mmt_opts, out / "mmt_psm.log")
+    t_mmt = _train(
+        CONFIGS / "isbi2014_20pct.yaml",
+        out / "mmt_psm",
+        mmt_opts,
+        out / "mmt_psm.log",
+        extra_args=["--overwrite"],
+    )
     baseline, _ = _metrics(out / "supervised" / "final_metrics.json")
     ours, evaluated = _metrics(out / "mmt_psm" / "final_metrics.json")
     assert evaluated == "teacher", f"MMT-PSM evaluated the {evaluated}, expected the teacher"
@@ -267,7 +275,9 @@ def _train_seed(out: Path, opts, labeled_per_step: int, seed: int) -> dict:
         out / "mmt_psm_student.log",
         extra_args=["--eval-only"],
     )
-    student, evaluated = _metrics(out / "mmt_psm_student" / "final_metrics.json")
+    # --eval-only writes to OUTPUT_DIR/eval/<weights stem>/ (d2ext.engine.run_dir)
+    student_dir = Path(eval_output_dir(str(out / "mmt_psm_student"), str(weights)))
+    student, evaluated = _metrics(student_dir / "final_metrics.json")
     assert evaluated == "student", f"expected the student to be evaluated, got {evaluated}"
     return {
         "mmt_psm": ours,
