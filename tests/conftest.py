@@ -5,6 +5,7 @@ fails loudly with the log's tail; ``tiny_overrides`` holds the overrides every t
 shares (synthetic data, one epoch, outputs under the test's folder).
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -25,6 +26,14 @@ TORCHRUN_2 = (
     "2",
     "--standalone",
 )
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` imported as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def flat_cfg(node, prefix="") -> dict:

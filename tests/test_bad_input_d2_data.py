@@ -1,7 +1,6 @@
 """Bad inputs of the Detectron2 data side (docs/bad_inputs.md, section d2-data): images (16-bit,
 colour, truncated, missing), COCO json problems caught at load time, and the prediction tool's."""
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_tool
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data import detection_utils as d2_utils
 from PIL import Image
@@ -198,10 +198,7 @@ def test_mapper_reads_16bit_through_our_reader(source, tmp_path):
 
 # ---------------------------------------------------------------- tools/predict.py
 def _predict_tool():
-    spec = importlib.util.spec_from_file_location("predict", REPO / "tools" / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("predict")
 
 
 def _predict(tmp_path, *inputs, extra=()):

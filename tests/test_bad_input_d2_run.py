@@ -6,7 +6,6 @@ device, and a truncated newest checkpoint on ``--resume``. Trainings are tiny (a
 128 px) on the synthetic cells of configs/supervised/synthetic_cells_demo.yaml.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import load_tool
 from test_d2_train import CONFIG, REPO, TINY
 
 import d2ext  # noqa: F401  (registers the built-in datasets)
@@ -27,17 +27,7 @@ from d2ext.engine.periodic_checkpointer import KeepLastPeriodicCheckpointer
 from d2ext.engine.run_dir import NothingToResumeError, NoWeightsError, OutputDirInUseError
 from sslseg.datasets.synthetic import make_cells
 
-
-def _load_train_net():
-    spec = importlib.util.spec_from_file_location(
-        "d2_run_test_train_net", REPO / "tools" / "train_net.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load_train_net()
+train_net = load_tool("train_net")
 
 
 def _args(output_dir, *flags, opts=()):

@@ -26,7 +26,6 @@ the last one (latest value per key), so for a 5-iteration run it holds the last 
 per-iteration schedule is checked on the trainer's EventStorage, from which that file is written.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import flat_cfg
+from conftest import flat_cfg, load_tool
 from detectron2.data import DatasetCatalog, get_detection_dataset_dicts
 from detectron2.engine import default_argument_parser
 
@@ -93,14 +92,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 torch.set_num_threads(1)
 
 
-def _load_train_net():
-    spec = importlib.util.spec_from_file_location("mmt_psm_test_train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_net = _load_train_net()
+train_net = load_tool("train_net")
 
 
 def _args(*argv):

@@ -2,7 +2,6 @@
 sizes): COCO json, 16-bit label maps and overlays from a run folder's config.yaml +
 model_final.pth, on PNG, JPEG and 16-bit TIFF inputs given as a folder, a glob and a list."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import load_tool
 from detectron2.modeling import build_model
 from PIL import Image
 
@@ -28,14 +28,7 @@ TINY = [
 ]  # fmt: skip
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("predict", REPO / "tools" / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("predict")
 
 
 def make_run(folder: Path, config: str, teacher_ready=None) -> Path:

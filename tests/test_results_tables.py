@@ -1,10 +1,10 @@
 """tools/results_tables.py: READMEs' results tables are generated from the published JSON."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 from sslseg.bench import provenance, validate_result
 
@@ -12,15 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _tool():
-    path = REPO / "tools" / "results_tables.py"
-    spec = importlib.util.spec_from_file_location("results_tables", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rt = _tool()
+rt = load_tool("results_tables")
 
 
 def _bench(name, dice=43.2, commit=COMMIT):

@@ -2,12 +2,12 @@
 refused): ground truth | predictions, at the original size; MMT-PSM keeps its own views
 (tests/test_visualize_mmt_psm.py runs the same tool under its former name)."""
 
-import importlib.util
 from pathlib import Path
 
 import cv2
 import pytest
 import torch
+from conftest import load_tool
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
@@ -26,14 +26,7 @@ TINY = [
 ]  # fmt: skip
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool("visualize")
+tool = load_tool("visualize")
 
 
 @pytest.fixture(scope="module")
@@ -67,5 +60,5 @@ def test_pseudo_label_views_are_mmt_psm_only(weights, tmp_path):
 
 
 def test_former_name_is_the_same_tool():
-    alias = _load_tool("visualize_mmt_psm")
+    alias = load_tool("visualize_mmt_psm")
     assert Path(alias.main.__code__.co_filename) == REPO / "tools" / "visualize.py"

@@ -5,12 +5,12 @@ The config is configs/mmt_psm/synthetic_cells_demo.yaml with tiny overrides; the
 is generated into (or reused from) the default work directory, as in test_d2_train.py.
 """
 
-import importlib.util
 from pathlib import Path
 
 import cv2
 import pytest
 import torch
+from conftest import load_tool
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -37,16 +37,7 @@ TINY = [
 ]  # fmt: skip
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "visualize_mmt_psm", REPO / "tools" / "visualize_mmt_psm.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("visualize_mmt_psm")
 
 
 def _cfg(output_dir):
