@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from .errors import MissingInputError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_DATA = "SSLSEG_DATA"
 ENV_WORK = "SSLSEG_WORK"
@@ -25,13 +27,13 @@ def data_root(explicit: Optional[str] = None, must_exist: bool = False) -> Optio
         if cand:
             p = Path(cand).expanduser().resolve()
             if not p.is_dir():
-                raise FileNotFoundError(f"data root {p} (from {source}) is not a directory")
+                raise MissingInputError(f"data root {p} (from {source}) is not a directory")
             return p
     default = REPO_ROOT.parent / "shared" / "data"
     if default.is_dir():
         return default.resolve()
     if must_exist:
-        raise FileNotFoundError(f"no data root: set {ENV_DATA} or put the data at {default}")
+        raise MissingInputError(f"no data root: set {ENV_DATA} or put the data at {default}")
     return None
 
 

@@ -418,3 +418,18 @@ def test_standalone_inference_checks_overrides_too(bundle):
         check_overrides([main, *bad], accept_keys_of=[train])
     init = json.loads((bundle / "inference.json").read_text())["initialize"]
     assert init[1] == "$check_overrides(accept_keys_of=[@bundle_root + '/configs/train.json'])"
+
+
+def test_config_value_errors_are_input_errors(tmp_path, monkeypatch):
+    """A bad data root or inferer setting a user passes on the command line is an InputError
+    (the bundle run ends with its message), still a FileNotFoundError / ValueError to callers."""
+    from monai_bundles.common.inferers import SliceVolumeInferer, la_overlap
+    from sslseg.paths import data_root
+
+    monkeypatch.setenv("SSLSEG_DATA", str(tmp_path / "nope"))
+    with pytest.raises(MissingInputError, match="nope.*is not a directory"):
+        data_root()
+    with pytest.raises(InputError, match="stride 200 must be in 1..112"):
+        la_overlap((112, 112, 80), (200, 18, 4))
+    with pytest.raises(InputError, match="roi_size must be"):
+        SliceVolumeInferer(roi_size=(64, 64, 8))

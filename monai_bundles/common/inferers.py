@@ -22,6 +22,8 @@ from monai.inferers.utils import _get_scan_interval
 from monai.utils import convert_to_dst_type
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from sslseg.errors import InputError
+
 __all__ = ["ProbabilityNet", "la_overlap", "SliceVolumeInferer"]
 
 
@@ -178,14 +180,14 @@ def la_overlap(
     The result is checked with MONAI's own ``_get_scan_interval``.
     """
     if len(roi_size) != len(strides):
-        raise ValueError(
+        raise InputError(
             f"la_overlap: roi_size {tuple(roi_size)} and strides {tuple(strides)} "
             f"differ in length"
         )
     overlap = []
     for roi, stride in zip(roi_size, strides):
         if not 1 <= stride <= roi:
-            raise ValueError(f"la_overlap: stride {stride} must be in 1..{roi} (roi size)")
+            raise InputError(f"la_overlap: stride {stride} must be in 1..{roi} (roi size)")
         o = 1.0 - stride / roi
         if int(roi * (1 - o)) != stride:
             o = 1.0 - (stride + 0.5) / roi
@@ -222,9 +224,9 @@ class SliceVolumeInferer(Inferer):
     ) -> None:
         super().__init__()
         if len(roi_size) != 2:
-            raise ValueError(f"SliceVolumeInferer: roi_size must be (h, w), got {roi_size}")
+            raise InputError(f"SliceVolumeInferer: roi_size must be (h, w), got {roi_size}")
         if spatial_dim not in (0, 1, 2):
-            raise ValueError(
+            raise InputError(
                 f"SliceVolumeInferer: spatial_dim must be 0, 1 or 2, got {spatial_dim}"
             )
         self.roi_size = tuple(int(s) for s in roi_size)
