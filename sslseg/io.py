@@ -10,9 +10,28 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional, Union
+from typing import IO, Any, Callable, Iterator, List, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
+
+
+_TMP_SUFFIX = ".tmp"  # atomic_open's temp file for <name>: ".<name>.<random>.tmp"
+
+
+def remove_stale_temp_files(
+    folder: PathLike, name_globs: Sequence[str], log: Callable[[str], Any]
+) -> List[Path]:
+    """Delete the temp files of :func:`atomic_open` that a killed save left in ``folder`` for
+    the files matching ``name_globs`` (e.g. ``"*.pth"``), calling ``log`` with a line naming
+    each; returns their paths. Call it at the start of a run, before anything is saved."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted({p for g in name_globs for p in folder.glob(f".{g}.*{_TMP_SUFFIX}")})
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log(f"Removed {path}: the partial file of a save that was killed")
+    return stale
 
 
 def _umask() -> int:
@@ -28,7 +47,7 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     assert "w" in mode, f"atomic_open is for writing, got mode {mode!r}"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 & ~umask)
         os.chmod(tmp, 0o666 & ~_umask())

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from sslseg.io import atomic_open, write_json_atomic
+from sslseg.io import atomic_open, remove_stale_temp_files, write_json_atomic
 
 
 def test_atomic_write_has_umask_permissions(tmp_path):
@@ -29,3 +29,20 @@ def test_failed_write_leaves_old_file_and_no_tmp(tmp_path):
             raise RuntimeError("killed mid-write")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"], list(tmp_path.iterdir())
+
+
+def test_remove_stale_temp_files_only_those_of_the_named_files(tmp_path):
+    """The temp file of a killed atomic write is removed and named; other dotfiles stay."""
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(tmp_path / "model_0000007.pth", "wb") as f:
+            f.write(b"half")
+            stale = next(tmp_path.glob(".model_0000007.pth.*.tmp"))
+            os.link(stale, tmp_path / "kept.tmp")  # what a SIGKILL would leave behind
+            raise KeyboardInterrupt
+    os.replace(tmp_path / "kept.tmp", stale)
+    (tmp_path / ".other.txt.abc.tmp").write_text("a user's file")
+    lines = []
+    removed = remove_stale_temp_files(tmp_path, ["*.pth", "last_checkpoint"], lines.append)
+    assert removed == [stale] and not stale.exists(), removed
+    assert (tmp_path / ".other.txt.abc.tmp").exists(), "a file of another name was removed"
+    assert len(lines) == 1 and str(stale) in lines[0], lines

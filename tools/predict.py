@@ -59,6 +59,7 @@ from d2ext.data import DatasetError, setup_datasets
 from d2ext.data.image_io import open_image, read_image
 from d2ext.mmt_psm import MMTPSMRCNN
 from d2ext.mmt_psm.visualize import write_png
+from sslseg.errors import InputError
 from sslseg.io import write_json_atomic
 
 logger = logging.getLogger("predict")
@@ -68,7 +69,7 @@ PREDICTIONS_FILE = "predictions.json"
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # e.g. MODEL.DEVICE
 
 
-class PredictError(Exception):
+class PredictError(InputError):
     """A bad input of the prediction tool; the message says which and why."""
 
 

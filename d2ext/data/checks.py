@@ -22,6 +22,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from sslseg.errors import InputError
+
 from .image_io import open_image
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 MAX_LISTED = 10  # problems listed in one DatasetError (the rest are counted)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset file with bad records; the message names the file and each bad record."""
 
 

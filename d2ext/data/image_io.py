@@ -28,6 +28,8 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import log_first_n
 from PIL import Image
 
+from sslseg.errors import UnreadableInputError
+
 __all__ = [
     "STRETCH_PERCENTILES",
     "ImageReadError",
@@ -45,7 +47,7 @@ GRAYSCALE_MODES = ("L", "1", "LA")
 _STATE = {"grayscale": False}
 
 
-class ImageReadError(OSError):
+class ImageReadError(UnreadableInputError):
     """An image file that cannot be read (truncated, corrupt, not an image); names the file."""
 
 

@@ -9,7 +9,6 @@ partially) raises :class:`CheckpointReadError` naming the file, and ``resume_or_
 back to the newest intact periodic checkpoint with a warning naming both.
 """
 
-import glob
 import os
 import pickle
 import re
@@ -19,19 +18,20 @@ from typing import Any, Dict, List
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from sslseg.io import atomic_open
+from sslseg.errors import UnreadableInputError
+from sslseg.io import atomic_open, remove_stale_temp_files
 
 __all__ = ["AtomicDetectionCheckpointer", "CheckpointReadError", "periodic_checkpoints"]
 
 # "model_0000123.pth": a periodic checkpoint of iteration 123 (fvcore's PeriodicCheckpointer)
 _PERIODIC = re.compile(r"model_(\d{7})\.pth")
-# temp files of atomic_open for a checkpoint or last_checkpoint: ".model_0000123.pth.x1y2.tmp"
-_TEMP_GLOBS = (".*.pth.*.tmp", ".last_checkpoint.*.tmp")
+# files whose atomic_open temp files a killed save may leave (".model_0000123.pth.x1y2.tmp")
+_SAVED_GLOBS = ("*.pth", "last_checkpoint")
 # what torch.load raises for a truncated, empty or garbled file
 _UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
-class CheckpointReadError(RuntimeError):
+class CheckpointReadError(UnreadableInputError, RuntimeError):
     """A checkpoint file exists but cannot be read (truncated, corrupt, not a checkpoint)."""
 
 
@@ -102,16 +102,10 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         """Delete the temp files that saves killed mid-write left in ``save_dir``
         (``.<name>.pth.<random>.tmp``, ``.last_checkpoint.<random>.tmp``), each with an INFO
         line; returns their paths. Call it at the start of a run, before any save."""
-        folder = self.path_manager.get_local_path(self.save_dir) if self.save_dir else ""
-        if not folder or not os.path.isdir(folder):
+        if not self.save_dir:
             return []
-        stale = sorted(
-            {p for pattern in _TEMP_GLOBS for p in glob.glob(os.path.join(folder, pattern))}
-        )
-        for p in stale:
-            os.remove(p)
-            self.logger.info(f"Removed {p}: the partial file of a checkpoint save that was killed")
-        return stale
+        folder = self.path_manager.get_local_path(self.save_dir)
+        return [str(p) for p in remove_stale_temp_files(folder, _SAVED_GLOBS, self.logger.info)]
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Same as ``Checkpointer.save``: model + checkpointables + ``kwargs`` to ``<name>.pth``."""

@@ -18,6 +18,8 @@ import os
 import shutil
 from typing import List, Tuple
 
+from sslseg.errors import InputError, MissingInputError
+
 __all__ = [
     "NoWeightsError",
     "NothingToResumeError",
@@ -43,15 +45,15 @@ _RUN_OUTPUT_GLOBS = _CHECKPOINT_GLOBS + (
 EVAL_SUBDIR = "eval"
 
 
-class OutputDirInUseError(FileExistsError):
+class OutputDirInUseError(InputError, FileExistsError):
     """A new training run into a folder that holds another run's checkpoints."""
 
 
-class NothingToResumeError(FileNotFoundError):
+class NothingToResumeError(MissingInputError):
     """``--resume`` into a folder without a checkpoint."""
 
 
-class NoWeightsError(ValueError):
+class NoWeightsError(InputError):
     """``--eval-only`` with neither ``MODEL.WEIGHTS`` nor a checkpoint to resume."""
 
 

@@ -22,6 +22,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from sslseg.errors import InputError, MissingInputError, UnreadableInputError
+from sslseg.io import remove_stale_temp_files
 
 __all__ = [
     "RUN_FILE_PATTERNS",
@@ -36,8 +37,7 @@ logger = logging.getLogger(__name__)
 
 # what a bundle training run writes into ckpt_dir (epoch/iteration/final checkpoints, best model)
 RUN_FILE_PATTERNS = ("checkpoint*.pt", "model.pt", "model.pt.score.json")
-# the temporary files of an interrupted atomic write (sslseg.io.atomic_open: .<name>.<rand>.tmp)
-TMP_FILE_PATTERNS = (".checkpoint*.pt.*.tmp", ".model.pt.*.tmp", ".model.pt.score.json.*.tmp")
+
 OPTIONS = (
     "pass --resume true to continue that run, --overwrite true to replace it, or another "
     "--ckpt_dir (or --output_root) for a new run"
@@ -163,6 +163,4 @@ def check_ckpt_dir(
         logger.warning(f"--overwrite true: removing the previous run's {names} from {folder}")
         for path in existing:
             path.unlink(missing_ok=True)
-    for path in _matching(folder, TMP_FILE_PATTERNS):
-        logger.warning(f"removing {path}, left by a save that was interrupted")
-        path.unlink(missing_ok=True)
+    remove_stale_temp_files(folder, RUN_FILE_PATTERNS, logger.warning)
