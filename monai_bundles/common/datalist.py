@@ -60,6 +60,7 @@ def datalist_split(
     allow_empty: bool = False,
     num_classes: Optional[int] = None,
     min_items: int = 1,
+    accept_255: bool = False,
 ) -> List[Dict[str, str]]:
     """One split of a datalist with paths resolved against ``base_dir``.
 
@@ -76,6 +77,8 @@ def datalist_split(
             that are all background (0) are counted in one warning.
         min_items: fewest items the split must have, e.g. the number of processes of a
             distributed run (each needs one validation item).
+        accept_255: with ``num_classes == 2``, also accept {0, 255} masks (binary PNG masks as
+            many tools save them; ``readers.BinaryMaskd`` maps 255 to 1 when loading).
 
     Returns:
         list of dicts, one per case, with absolute paths for ``keys``; other keys are kept.
@@ -107,12 +110,15 @@ def datalist_split(
                     f"base_dir {base_dir!r}) does not exist"
                 )
     if num_classes is not None:
-        check_labels(items, num_classes, f"split {split!r} of datalist {name}")
+        check_labels(items, num_classes, f"split {split!r} of datalist {name}", accept_255)
     return items
 
 
-def check_labels(items: Sequence[Mapping], num_classes: int, where: str) -> None:
-    """Check the ``label`` file of each item: class values in ``0..num_classes-1``.
+def check_labels(
+    items: Sequence[Mapping], num_classes: int, where: str, accept_255: bool = False
+) -> None:
+    """Check the ``label`` file of each item: class values in ``0..num_classes-1`` (with
+    ``accept_255`` and two classes, {0, 255} as well: one file holds {0, 1} or {0, 255}).
 
     Raises ``InputError`` naming (up to 5 of) the files with other values and those values;
     logs one warning with the count of labels that are all background (0), which train nothing
@@ -126,6 +132,8 @@ def check_labels(items: Sequence[Mapping], num_classes: int, where: str) -> None
         arr = read_array(item["label"], "label")
         values = np.unique(arr)
         wrong = values[(values < 0) | (values >= num_classes) | (values != np.round(values))]
+        if accept_255 and num_classes == 2 and set(values.tolist()) <= {0, 255}:
+            wrong = values[:0]
         if wrong.size:
             shown = ", ".join(f"{v:g}" for v in wrong[:8]) + (" ..." if wrong.size > 8 else "")
             bad.append(f"{item['label']} holds {shown}")
@@ -135,7 +143,11 @@ def check_labels(items: Sequence[Mapping], num_classes: int, where: str) -> None
         more = f" (and {len(bad) - 5} more files)" if len(bad) > 5 else ""
         raise InputError(
             f"{where}: {len(bad)} label file(s) hold values outside the {num_classes} classes "
-            f"0..{num_classes - 1} (num_classes): " + "; ".join(bad[:5]) + more
+            f"0..{num_classes - 1} (num_classes"
+            + (", or {0, 255} masks" if accept_255 and num_classes == 2 else "")
+            + "): "
+            + "; ".join(bad[:5])
+            + more
         )
     if empty:
         logger.warning(

@@ -23,10 +23,11 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from sslseg.errors import InputError, InputKeyError, UnreadableInputError
 
-__all__ = ["H5Reader", "CheckSameShaped", "read_array"]
+__all__ = ["H5Reader", "CheckSameShaped", "CheckChannelsd", "BinaryMaskd", "read_array"]
 
 H5_SUFFIXES = ("h5", "hdf5")
 NIFTI_SUFFIXES = ("nii", "nii.gz")
+IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "tif", "tiff")
 
 
 class H5Reader(ImageReader):
@@ -125,8 +126,17 @@ class H5Reader(ImageReader):
 
 
 def read_array(path: PathLike, dataset: str = "label") -> np.ndarray:
-    """The array stored in one file, chosen by suffix: ``dataset`` of an h5 file, or a NIfTI
-    volume (``.nii``/``.nii.gz``, ``dataset`` unused). Raises ``InputError`` naming the file."""
+    """The array stored in one file, chosen by suffix: ``dataset`` of an h5 file, a NIfTI
+    volume (``.nii``/``.nii.gz``, ``dataset`` unused) or a 2D image (PNG, JPEG, TIFF: read by
+    PIL, (H, W[, C])). Raises ``InputError`` naming the file."""
+    if is_supported_format(str(path), IMAGE_SUFFIXES):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img)
+        except (OSError, ValueError) as e:
+            raise UnreadableInputError(f"cannot read image {path}: {e}") from e
     return H5Reader(dataset=dataset).get_data(str(path))[0]
 
 
@@ -173,5 +183,49 @@ class CheckSameShaped(MapTransform):
                     f"CheckSameShaped: {_source_name(d, self.image_key)} holds "
                     f"{int(np.isnan(arr).sum())} NaN and {int(np.isinf(arr).sum())} "
                     f"Inf values"
+                )
+        return d
+
+
+class CheckChannelsd(MapTransform):
+    """Check that each of ``keys`` (channel-first, after ``EnsureChannelFirstd``) has
+    ``channels`` channels, e.g. an RGB H&E image: a grayscale (1) or RGBA (4) file raises
+    ``InputError`` naming the file and what to do, instead of a shape error inside the network.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", channels: int = 3, allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
+        self.channels = int(channels)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            found = int(np.shape(d[key])[0])
+            if found != self.channels:
+                kind = {1: "grayscale", 2: "grayscale + alpha", 4: "RGBA"}.get(found, "")
+                raise InputError(
+                    f"CheckChannelsd: {_source_name(d, key)} has {found} channel(s) "
+                    f"{f'({kind}) ' if kind else ''}but {self.channels} are expected; convert it "
+                    f"(e.g. PIL: Image.open(f).convert('RGB').save(f))"
+                )
+        return d
+
+
+class BinaryMaskd(MapTransform):
+    """Binary masks as {0, 1}: a {0, 1} mask is kept, a {0, 255} mask mapped to {0, 1}; any other
+    values raise ``InputError`` naming the file and the values (use after ``LoadImaged``)."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d[key]
+            values = set(np.unique(np.asarray(mask)).tolist())
+            if values <= {0, 255} and 255 in values:
+                d[key] = mask // 255
+            elif not values <= {0, 1}:
+                shown = ", ".join(f"{v:g}" for v in sorted(values)[:8])
+                raise InputError(
+                    f"BinaryMaskd: {_source_name(d, key)} holds {shown}; a binary mask holds "
+                    f"{{0, 1}} or {{0, 255}}"
                 )
         return d
