@@ -76,7 +76,7 @@ class CDMATrainer(TwoStreamTrainer):
         self.pred_branch = int(pred_branch)
 
     def unsup_weight(self, iteration: int) -> float:
-        """``w`` at ``iteration`` (1-based): 0 during the warm-up, then 1 (reference: epoch < 15)."""
+        """``w`` at ``iteration`` (1-based): 0 in the warm-up, then 1 (reference: epoch < 15)."""
         return 0.0 if iteration <= self.unsup_warmup_iterations else 1.0
 
     def _compute_losses(self, engine: CDMATrainer, images, label, n_labeled: int) -> None:
