@@ -1,4 +1,5 @@
-"""Shared parts of the DMD benchmarks (dmd_acdc, dmd_la): bundle runs and step timing.
+"""Shared parts of the bundle benchmarks (dmd_acdc, dmd_la, cdma_glas): bundle runs, metrics,
+step timing.
 
 Accuracy: the supervised baseline and DMD are trained through the bundle, exactly as a user runs
 it (``python -m monai.bundle run``), on the same data, seed and iterations, then scored by the
@@ -31,11 +32,15 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "monai_bundles" / "dmd" / "configs"
 
 
-def bundle_run(configs, overrides: dict, log: Path) -> float:
-    """``python -m monai.bundle run`` with ``configs`` (names in the dmd configs folder) and
-    ``--key value`` overrides; output to ``log``; returns the wall time; raises on failure."""
+def bundle_run(configs, overrides: dict, log: Path, configs_dir: Path = CONFIGS) -> float:
+    """``python -m monai.bundle run`` with ``configs`` (names in ``configs_dir``, the dmd configs
+    folder by default) and ``--key value`` overrides; output to ``log``; returns the wall time;
+    raises on failure."""
     return run_logged(
-        bundle_run_command([CONFIGS / c for c in configs], overrides), log, cwd=REPO, tag="bench"
+        bundle_run_command([Path(configs_dir) / c for c in configs], overrides),
+        log,
+        cwd=REPO,
+        tag="bench",
     )
 
 
