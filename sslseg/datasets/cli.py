@@ -4,6 +4,7 @@ Examples::
 
     sslseg-convert isbi2014 $SSLSEG_DATA/isbi2014_cervical/train45 work/isbi2014_train.json
     sslseg-convert acdc $SSLSEG_DATA/acdc work/acdc_3.json --labeled-patients 3
+    sslseg-convert glas $SSLSEG_DATA/glas work/glas_8.json --labeled 8
     sslseg-convert synthetic cells --out work/synthetic_cells --num 8
 """
 
@@ -14,7 +15,7 @@ from typing import List, Optional
 
 from sslseg.errors import InputError
 
-from . import datalists, instance_maps, isbi2014, livecell, synthetic
+from . import datalists, instance_maps, isbi2014, livecell, pathology, synthetic
 
 SYNTHETIC = {
     "cells": lambda a: synthetic.make_cells(
@@ -108,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-dir")
     p.add_argument("--num-validation", type=int, default=0)
     p.add_argument("--num-test", type=int, default=0)
+    p = sub.add_parser("glas", help="GlaS (staged PNG pairs + grade.csv) -> datalist (CDMA)")
+    p.add_argument("src_dir")
+    p.add_argument("out_json")
+    p.add_argument("--labeled", default="8", help="labeled training images: a count or 'all'")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified labeled draw")
+    p = sub.add_parser(
+        "digestpath", help="DigestPath 2019 + reference split lists -> 256 px tiles + datalist"
+    )
+    p.add_argument("src_dir", help="tissue images <name>.jpg and masks <name>_mask.jpg")
+    p.add_argument("lists_dir", help="train_5.csv, train_10.csv, train_100.csv, valid/test.csv")
+    p.add_argument("out_dir")
+    p.add_argument("--labeled-list", default="train_5.csv")
+    p.add_argument("--tile", type=int, default=256)
     add_synthetic_args(sub.add_parser("synthetic", help="seeded synthetic data"))
     return parser
 
@@ -151,6 +165,15 @@ def run(args: argparse.Namespace):
             args.num_validation,
             args.num_test,
             args.unlabeled,
+        )
+    if c == "glas":
+        n = args.labeled
+        return pathology.make_glas_datalist(
+            args.src_dir, args.out_json, n if n == "all" else int(n), args.seed
+        )
+    if c == "digestpath":
+        return pathology.convert_digestpath(
+            args.src_dir, args.lists_dir, args.out_dir, args.labeled_list, args.tile
         )
     return SYNTHETIC[args.kind](args)
 
