@@ -140,7 +140,7 @@ def test_train_writes_checkpoint_and_warms_up(trained):
     assert {"net", "optimizer", "lr_scheduler", "trainer", "rng"} <= set(state)
     _mtnet().load_state_dict(state["net"])  # strict: the bundle's MTNet, no DDP prefix
     assert state["trainer"]["iteration"] == 2 * 2  # epoch_length 2, max_epochs 2
-    assert set(_load(trained["work"] / "models" / "model.pt")) == {"net"}
+    _mtnet().load_state_dict(_load(trained["work"] / "models" / "model.pt"))  # the bare net
     rows = _iterations(log)
     assert [(e, i) for e, i, _ in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)], log[-2000:]
     # warm-up = int(0.25 * 4) = 1 iteration: no cross distillation at iteration 1, then some

@@ -276,6 +276,29 @@ def test_feature_noise_independent_per_branch():
             assert torch.allclose(a, b, atol=1e-6), f"max diff {(a - b).abs().max()}"
 
 
+@pytest.mark.parametrize("per_branch", [True, False])
+def test_dropout_before_each_decoder(per_branch):
+    """Paper: a dropout mask per decoder; reference code (``dropout_per_branch=False``): one
+    ASPP dropout mask shared by the decoders."""
+    x = torch.rand(2, 3, 64, 64)
+    net = _small(
+        branches=("csa", "csa"),
+        feature_noise=0.0,
+        decoder_dropout=(0.0, 0.0),
+        aspp_dropout=0.5,
+        dropout_per_branch=per_branch,
+    ).train()
+    net.decoders[1].load_state_dict(net.decoders[0].state_dict())
+    with torch.no_grad():
+        a, b = net(x)
+    differ = bool((a - b).abs().max() > 1e-4)
+    assert differ == per_branch, f"per_branch={per_branch}: max diff {(a - b).abs().max()}"
+    assert net.aspp.project[-1].p == (0.0 if per_branch else 0.5)
+    with torch.no_grad():
+        a, b = net.eval()(x)
+    assert torch.allclose(a, b, atol=1e-6), "no dropout in eval mode"
+
+
 def test_feature_noise_reproducible_from_default_generator():
     net = _no_dropout().train()
     x = torch.rand(1, 3, 64, 64)

@@ -375,10 +375,12 @@ class MTNet(nn.Module):
     feature = layer1 output (stride 4, 64 or 256 channels), high-level = layer4 output (512 or
     2048 channels). ``backbone_norm``: ``bn`` (trainable BatchNorm) or ``frozen_bn`` (the
     reference: running statistics always used, never updated, affine trainable). Head: ``ASPP``
-    (high -> decoder_channels) with one Dropout shared by all branches, then per branch
-    ``FeatureNoise(feature_noise)`` (training only, independent draw, branches named in
-    ``feature_noise_branches``) and an ``AttentionDecoder``; logits upsampled bilinearly
-    (``align_corners=True``) to the input size.
+    (high -> decoder_channels), then per branch Dropout(``aspp_dropout``) (an independent mask
+    per branch, the paper's "dropout ... before each of the three decoders";
+    ``dropout_per_branch=False`` = the reference code: one Dropout at the end of the ASPP, its
+    mask shared by all branches), ``FeatureNoise(feature_noise)`` (training only, independent
+    draw, branches named in ``feature_noise_branches``) and an ``AttentionDecoder``; logits
+    upsampled bilinearly (``align_corners=True``) to the input size.
 
     ``pretrained_weights``: a local file (never downloaded) holding a torchvision ImageNet ResNet
     state_dict (``fc.*`` dropped, every other encoder key must match) or a full MTNet state_dict
@@ -405,6 +407,7 @@ class MTNet(nn.Module):
         backbone_norm: str = "bn",
         layer4_dilation: int = 1,
         pretrained_weights: str = "",
+        dropout_per_branch: bool = True,
     ):
         super().__init__()
         if isinstance(branches, str) or not 1 <= len(branches) <= 3:
@@ -427,9 +430,15 @@ class MTNet(nn.Module):
         self.branches = tuple(branches)
         self.low_level_in, self.high_channels = ENCODERS.get(encoder, (None, None))
         self.encoder = _build_encoder(encoder, in_channels, backbone_norm, layer4_dilation)
+        self.dropout_per_branch = bool(dropout_per_branch)
         self.aspp = ASPP(
-            self.high_channels, decoder_channels, aspp_rates, norm_groups, aspp_dropout
+            self.high_channels,
+            decoder_channels,
+            aspp_rates,
+            norm_groups,
+            0.0 if self.dropout_per_branch else aspp_dropout,
         )
+        self.branch_dropout = nn.Dropout(aspp_dropout if self.dropout_per_branch else 0.0)
         self.decoders = nn.ModuleList(
             [
                 AttentionDecoder(
@@ -491,6 +500,7 @@ class MTNet(nn.Module):
         )
 
     def _decode(self, index: int, feats: torch.Tensor, low: torch.Tensor, size) -> torch.Tensor:
+        feats = self.branch_dropout(feats)  # p = 0 (identity) with dropout_per_branch=False
         if self.noisy_branches[index]:
             feats = self.feature_noise(feats)
         return _upsample(self.decoders[index](feats, low), size)
