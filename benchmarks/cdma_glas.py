@@ -90,7 +90,9 @@ def _train_seed(args, out, root, datalist, seed):
             configs,
         )
         metrics[name] = read_metrics(evald)
-        print(f"[cdma_glas] seed {seed} {name}: {metrics[name]} ({train_s[name]:.0f} s)", flush=True)
+        print(
+            f"[cdma_glas] seed {seed} {name}: {metrics[name]} ({train_s[name]:.0f} s)", flush=True
+        )
     return {"metrics": metrics, "train_seconds": train_s}
 
 

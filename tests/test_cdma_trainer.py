@@ -354,7 +354,9 @@ def test_iteration_milestones():
 def test_sliding_window_inferer_matches_the_reference_loop(size):
     net = _net().eval()
     image = torch.rand(3, *size, generator=torch.Generator().manual_seed(sum(size)))
-    inferer = SlidingWindowInferer(roi_size=(64, 64), overlap=0.25, sw_batch_size=4, mode="constant")
+    inferer = SlidingWindowInferer(
+        roi_size=(64, 64), overlap=0.25, sw_batch_size=4, mode="constant"
+    )
     with torch.no_grad():
         bundle = inferer(image[None], MTNetPredictor(net, "csa"))[0]
     reference = reference_sliding_window(net, image, (64, 64), 0.25)

@@ -42,7 +42,7 @@ def _load(path, keys=("image",)):
 
 # ----------------------------------------------------------------------------- GlaS
 def test_stratified_choice_proportional_groups():
-    names = [f"img_{i:02d}" for i in range(85)]
+    names = [f"img_{i}" for i in range(85)]  # not in sorted order: img_10 < img_2
     groups = {n: "benign" if i % 7 < 3 else "malignant" for i, n in enumerate(names)}
     counts = {g: sum(v == g for v in groups.values()) for g in ("benign", "malignant")}
     assert counts == {"benign": 37, "malignant": 48}, f"fixture groups {counts}"

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from sslseg.errors import InputError
+
 GROUPS = ("backbone_weight", "backbone_bias", "head_weight", "head_bias")
 
 
@@ -35,7 +37,7 @@ def parameter_groups(
     missing = [g for g in GROUPS if g not in multipliers]
     unknown = [g for g in multipliers if g not in GROUPS]
     if missing or unknown:
-        raise ValueError(
+        raise InputError(
             f"lr_multipliers needs exactly the keys {list(GROUPS)}; missing {missing}, "
             f"unknown {unknown}"
         )
@@ -59,5 +61,5 @@ def iteration_milestones(max_iterations: int, fractions: Sequence[float]) -> lis
     "x0.1 every 50 of 150 epochs" is ``[1/3, 2/3]``, the reference code's ``[1/4, 1/2, 3/4]``."""
     bad = [f for f in fractions if not 0 < float(f) < 1]
     if bad:
-        raise ValueError(f"lr_milestones are fractions of max_iterations in (0, 1), got {bad}")
+        raise InputError(f"lr_milestones are fractions of max_iterations in (0, 1), got {bad}")
     return sorted({max(1, int(round(float(f) * max_iterations))) for f in fractions})

@@ -71,7 +71,8 @@ class SaveOverlayd(MapTransform):
             if self.reverse_indexing:
                 image, mask = image.transpose(1, 0, 2), mask.T
             source = getattr(d[key], "meta", {}).get("filename_or_obj", f"{key}.png")
-            stem = Path(str(source)).name.split(".")[0]
+            name = Path(str(source)).name
+            stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
             self.output_dir.mkdir(parents=True, exist_ok=True)
             ok, png = cv2.imencode(".png", overlay_rgb(image, mask)[..., ::-1])
             if not ok:

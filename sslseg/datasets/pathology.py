@@ -49,7 +49,7 @@ def _glas_images(folder: Path) -> List[str]:
 def _glas_grades(csv_path: Path) -> Dict[str, str]:
     if not csv_path.is_file():
         raise MissingInputError(f"GlaS grade file {csv_path} does not exist")
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # tolerate a byte-order mark
         rows = list(csv.reader(f))
     header = [h.strip().lower() for h in rows[0]] if rows else []
     if len(header) < 3 or header[0] != "name":
@@ -100,7 +100,7 @@ def glas_datalist(
             f"e.g. {no_grade[0]}"
         )
     n = len(train) if labeled == "all" else labeled
-    if not isinstance(n, int) or not 1 <= n <= len(train):
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(train):
         raise InputError(
             f"labeled must be 'all' or an int in 1..{len(train)} (images in "
             f"{src_dir / 'train'}), got {labeled!r}"
