@@ -13,6 +13,7 @@ exception chain, the innermost one's message last as ``error: <message>``. Other
 Python's normal output.
 """
 
+import os
 import re
 import sys
 from typing import Optional
@@ -90,6 +91,12 @@ def _hook(previous):
         if message is not None:
             sys.stderr.write(f"\nerror: {message}\n")
             sys.stderr.flush()
+            sys.stdout.flush()
+            # Exit now, status 1: worker threads left running by the failed step (MONAI's
+            # CacheDataset stops its thread pool without joining it) can otherwise abort the
+            # interpreter's shutdown (SIGABRT, "terminate called without an active exception"),
+            # turning a clear input error into a crash whose last line is not this message.
+            os._exit(1)
 
     excepthook.sslseg_input_error_hook = True
     return excepthook

@@ -163,7 +163,9 @@ def test_mask_of_0_255_is_accepted(data, trained):
 @pytest.mark.slow
 def test_evaluate_writes_case_metrics(data, trained):
     out = trained["work"] / "evaluate"
-    _run([TRAIN, EVALUATE], _overrides(data, trained["work"], output_dir=str(out)))
+    log = _run([TRAIN, EVALUATE], _overrides(data, trained["work"], output_dir=str(out)))
+    final = trained["work"] / "models" / "checkpoint_final.pt"
+    assert f"evaluating checkpoint {final}" in log, log[-2000:]  # the final one, not model.pt
     doc = json.loads((out / "metrics.json").read_text())
     test_cases = [Path(c["image"]).name for c in json.loads(Path(data[1]).read_text())["test"]]
     assert [c["case"] for c in doc["cases"]] == test_cases == ["patch_0014.png", "patch_0015.png"]
@@ -284,6 +286,10 @@ def test_metadata_verifies_against_local_schema():
 
 
 # ----------------------------------------------------------------------------- bad inputs
+# The RGBA image is the FIRST item of its split: CacheDataset fills its cache in a thread pool that
+# an error leaves running on the later items; before sslseg.errors' hook exited at once after its
+# message, the interpreter's shutdown then sometimes aborted (SIGABRT, "terminate called without
+# an active exception" after the "error: ..." line, about 1 run in 6).
 def _bad_copy(data, tmp_path: Path) -> Path:
     """A copy of the synthetic set to spoil (paths of the datalist are relative)."""
     root = tmp_path / "data"
@@ -300,7 +306,7 @@ def _bad_overrides(root: Path, tmp_path: Path, **extra) -> dict:
     "split_image,mode,expected",
     [
         ("images/patch_0000.png", "RGBA", "4 channel(s) (RGBA) but 3 are expected"),  # labeled
-        ("images/patch_0004.png", "L", "1 channel(s) (grayscale) but 3 are expected"),  # unlabeled
+        ("images/patch_0011.png", "L", "1 channel(s) (grayscale) but 3 are expected"),  # unlabeled
     ],
 )
 def test_image_not_rgb_names_the_file(data, tmp_path, split_image, mode, expected):
@@ -383,6 +389,7 @@ def test_glas_datalist_on_real_data(tmp_path):
     workflow = ConfigWorkflow(
         config_file=[TRAIN],
         workflow_type="train",
+        num_workers=0,
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "eval"),
     )
