@@ -68,7 +68,8 @@ def _train_seed(args, out, root, datalist, seed):
         "labeled_batch_size": args.batch,
         "unlabeled_batch_size": args.batch,
         "max_iterations": args.iterations,
-        "epoch_length": min(250, args.iterations),
+        # an epoch length dividing the iterations (train.json: max_epochs = iterations // it)
+        "epoch_length": max(d for d in range(1, 251) if args.iterations % d == 0),
         "val_interval": 10**6,  # no selection: the final checkpoint is scored
         "num_workers": 1,
         "overwrite": True,  # a re-run replaces this benchmark's own earlier checkpoints
