@@ -25,6 +25,7 @@ from sslseg.metrics.cli import main as coco_eval_main
 
 UNET = BUNDLES / "supervised_unet" / "configs"
 DMD = BUNDLES / "dmd" / "configs"
+CDMA = BUNDLES / "cdma" / "configs"
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_labels_all_background_warned_with_count(slices, caplog):
     assert "split 'labeled' of datalist" in caplog.text
 
 
-@pytest.mark.parametrize("bundle", [UNET, DMD])
+@pytest.mark.parametrize("bundle", [UNET, DMD, CDMA])
 def test_bundles_check_labels_of_training_and_validation(bundle):
     """#17, #18: every bundle's labeled and validation datasets pass its class count."""
     parser = ConfigParser()
@@ -139,7 +140,7 @@ def test_too_few_validation_items_for_the_processes(slices):
         InputError, match=r"split 'validation' .* has 1 item\(s\), fewer than the 2"
     ):
         datalist_split(datalist, "validation", str(root), min_items=2)
-    for bundle in (UNET, DMD):
+    for bundle in (UNET, DMD, CDMA):
         overrides = json.loads((bundle / "multi_gpu_train.json").read_text())
         assert overrides["validate#dataset#data#min_items"] == "$dist.get_world_size()", bundle
 
@@ -156,7 +157,7 @@ def test_mistyped_bundle_key_is_refused(slices, tmp_path):
     assert "close: max_epochs" in lines[-1]
 
 
-@pytest.mark.parametrize("bundle", [UNET, DMD])
+@pytest.mark.parametrize("bundle", [UNET, DMD, CDMA])
 def test_override_check_allows_keys_nested_ids_and_run_args(bundle):
     """What `check_overrides` lets through: config keys of all merged files (evaluate's too),
     `a#b` ids with an existing parent, MONAI's own run arguments; other programs are not
@@ -403,7 +404,7 @@ def test_input_error_in_a_dataloader_worker_ends_the_output(tmp_path):
     assert last == "error: H5Reader: /d/x.h5 has no dataset 'label'; datasets present: ['image']"
 
 
-@pytest.mark.parametrize("bundle", [UNET, DMD])
+@pytest.mark.parametrize("bundle", [UNET, DMD, CDMA])
 def test_standalone_inference_checks_overrides_too(bundle):
     """#45 for inference.json alone: its keys and its train.json's are accepted (one set of
     overrides serves both), a typo is refused."""

@@ -21,10 +21,20 @@ from monai_bundles.common.export import example_shape, export_network
 
 torch.set_num_threads(1)
 
-BUNDLE_NAMES = ("dmd", "supervised_unet")
+BUNDLE_NAMES = ("cdma", "dmd", "supervised_unet")
 # (bundle, inference configs, train configs, metadata key of the data format, key in model.pt,
-#  TorchScript-exportable)
+#  TorchScript-exportable[, the inference network's config id: "network_def" unless given])
 VARIANTS = {
+    # MTNet returns one logit map per decoder; its inference view (CSA branch) is "predictor"
+    "cdma": (
+        "cdma",
+        ["inference.json"],
+        ["train.json"],
+        "network_data_format",
+        "net",
+        False,
+        "predictor",
+    ),
     "dmd_la": ("dmd", ["inference.json"], ["train.json"], "network_data_format", "net1", False),
     "dmd_acdc": (
         "dmd",
@@ -47,6 +57,10 @@ VARIANTS = {
 
 def _configs(bundle, names):
     return [str(BUNDLES / bundle / "configs" / n) for n in names]
+
+
+def _net_id(variant) -> str:
+    return VARIANTS[variant][6] if len(VARIANTS[variant]) > 6 else "network_def"
 
 
 def _meta(bundle):
@@ -73,11 +87,11 @@ def test_metadata_schema_and_real_eval_metrics(bundle):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_verify_net_in_out_with_inference_json_alone(variant):
-    bundle, infer, _, data_format, _, _ = VARIANTS[variant]
+    bundle, infer, _, data_format, *_ = VARIANTS[variant]
     meta = json.loads(open(_meta(bundle)).read())
     assert data_format in meta, f"{bundle}: no {data_format} in metadata.json"
     verify_net_in_out(
-        net_id="network_def",
+        net_id=_net_id(variant),
         meta_file=_meta(bundle),
         config_file=_configs(bundle, infer),
         device="cpu",
@@ -102,10 +116,10 @@ def test_train_and_inference_define_the_same_network(variant):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_export(variant, tmp_path):
-    bundle, infer, _, data_format, key, scriptable = VARIANTS[variant]
+    bundle, infer, _, data_format, key, scriptable, *_ = VARIANTS[variant]
     parser = ConfigParser()
     parser.read_config(_configs(bundle, infer))
-    net = parser.get_parsed_content("network_def").eval()
+    net = parser.get_parsed_content(_net_id(variant)).eval()
     state = net.state_dict()
     torch.save({key: state, "net2": state} if key else state, tmp_path / "model.pt")
     program = export_network(
@@ -113,6 +127,7 @@ def test_export(variant, tmp_path):
         _meta(bundle),
         str(tmp_path / "model.pt2"),
         ckpt_file=str(tmp_path / "model.pt"),
+        net_id=_net_id(variant),
         key_in_ckpt=key,
         data_format_key=data_format,
     )

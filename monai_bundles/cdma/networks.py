@@ -538,6 +538,10 @@ class MTNetPredictor(nn.Module):
     ``branch`` a branch name of ``net``: that branch's logits (``net.forward_branch``; the
     reference infers with ``csa`` and averages logits over sliding windows). ``"ensemble"``: the
     mean over branches of the softmax probabilities.
+
+    ``state_dict`` / ``load_state_dict`` are the wrapped MTNet's (no ``net.`` prefix), so a
+    training checkpoint's ``net`` entry loads into the predictor too, e.g. to export it
+    (``monai_bundles.common.export --net_id predictor --key_in_ckpt net``).
     """
 
     def __init__(self, net: nn.Module, branch: str = "csa"):
@@ -551,7 +555,17 @@ class MTNetPredictor(nn.Module):
         self.net = net
         self.branch = branch
 
+    def state_dict(self, *args, **kwargs):
+        """The wrapped MTNet's state_dict (keys without a ``net.`` prefix)."""
+        return _unwrap(self.net).state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load an MTNet state_dict (e.g. a checkpoint's ``net`` entry) into the wrapped MTNet."""
+        return _unwrap(self.net).load_state_dict(state_dict, strict=strict, assign=assign)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_channels, H, W) -> logits of ``branch`` (or mean probabilities, ``ensemble``)
+        (B, out_channels, H, W)."""
         if self.branch == "ensemble":
             return torch.stack([torch.softmax(z, dim=1) for z in self.net(x)]).mean(dim=0)
         return _unwrap(self.net).forward_branch(x, self.branch)
