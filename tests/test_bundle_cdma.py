@@ -396,3 +396,16 @@ def test_glas_datalist_on_real_data(tmp_path):
     workflow.initialize()
     assert workflow.check_properties() == []
     assert workflow.parser.get_parsed_content("datalist") == splits
+
+
+def test_pretrained_file_freezes_the_encoder_norm_by_default():
+    """The issue's rule: frozen BatchNorm only when pretrained weights are given (the reference
+    freezes ImageNet statistics); from scratch the encoder's BatchNorm trains."""
+    from monai.bundle import ConfigParser
+
+    for pretrained, expected in (("", "bn"), ("/some/resnet50.pth", "frozen_bn")):
+        parser = ConfigParser()
+        parser.read_config(TRAIN)
+        parser["pretrained"] = pretrained
+        assert parser.get_parsed_content("backbone_norm") == expected, pretrained
+        assert parser["network_def"]["pretrained_weights"] == "@pretrained"

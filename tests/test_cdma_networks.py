@@ -405,7 +405,12 @@ def test_predictor():
     assert torch.allclose(ensemble, expected, atol=1e-6)
     assert torch.allclose(ensemble.sum(dim=1), torch.ones(2, 64, 64), atol=1e-5)
     predictor = MTNetPredictor(net, "ca")
-    assert predictor.net is net and "net.aspp.project.0.weight" in predictor.state_dict()
+    assert predictor.net is net  # a submodule: .eval()/.to() reach the network
+    state = predictor.state_dict()  # the MTNet's own keys: a checkpoint's "net" entry loads
+    assert "aspp.project.0.weight" in state and set(state) == set(net.state_dict())
+    other = MTNetPredictor(_small(), "ca")
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.net.state_dict(), net.state_dict())
     with pytest.raises(InputError, match=r"inference_branch 'csa'.*\['sa', 'ca'\]"):
         MTNetPredictor(_small(branches=("sa", "ca")), "csa")
 
