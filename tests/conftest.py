@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from monai_bundles.common.command import bundle_run_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,3 +71,27 @@ def run_bundle(config_files, overrides: dict, launcher=(sys.executable,)) -> str
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)}\nfailed ({proc.returncode}):\n{log[-4000:]}"
     return log
+
+
+def check_resume_equals_straight(run, overrides, work: Path, nets, load) -> None:
+    """Exact resume of a bundle: 2 epochs straight == 1 epoch, then ``resume_from`` its final
+    checkpoint for the 2nd epoch (same weights of every entry in ``nets``, iteration 4).
+
+    Args:
+        run: ``run(overrides) -> log`` (the bundle's train configs bound in).
+        overrides: ``overrides(work_dir, **extra) -> dict`` of a tiny 2-step-epoch run.
+        work: folder for the three runs; nets: checkpoint keys of the networks;
+        load: ``load(path) -> checkpoint dict``.
+    """
+    run(overrides(work / "straight", max_epochs=2))
+    run(overrides(work / "first", max_epochs=1))
+    first = work / "first" / "models" / "checkpoint_final.pt"
+    log = run(overrides(work / "resumed", max_epochs=2, resume_from=str(first)))
+    assert "Epoch: 1/2" not in log, "the resumed run must start at epoch 2"
+    straight = load(work / "straight" / "models" / "checkpoint_final.pt")
+    resumed = load(work / "resumed" / "models" / "checkpoint_final.pt")
+    assert resumed["trainer"]["iteration"] == straight["trainer"]["iteration"] == 4
+    for net in nets:
+        assert set(resumed[net]) == set(straight[net]), f"{net}: keys differ"
+        for key, value in straight[net].items():
+            torch.testing.assert_close(resumed[net][key], value, msg=f"{net}.{key} differs")

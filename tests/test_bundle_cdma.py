@@ -24,7 +24,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLES, ENV, REPO, SCHEMA, TORCHRUN_2, run_bundle, tiny_overrides
+from conftest import (
+    BUNDLES,
+    ENV,
+    REPO,
+    SCHEMA,
+    TORCHRUN_2,
+    check_resume_equals_straight,
+    run_bundle,
+    tiny_overrides,
+)
 from monai.bundle import ConfigWorkflow, verify_metadata
 from PIL import Image
 
@@ -244,28 +253,15 @@ def test_supervised_baseline_trains_on_labeled_stream(data, tmp_path):
 @pytest.mark.slow
 def test_resume_continues_the_same_run(data, tmp_path):
     """2 epochs straight == 1 epoch, then resume from its checkpoint for the 2nd epoch (the lr
-    drops at iteration 3, the warm-up ends at 1: both runs use max_iterations 4)."""
-    common = dict(val_interval=100)
-    _run([TRAIN], _overrides(data, tmp_path / "straight", max_epochs=2, **common))
-    _run([TRAIN], _overrides(data, tmp_path / "first", max_epochs=1, **common))
-    resumed_dir = tmp_path / "resumed"
-    log = _run(
-        [TRAIN],
-        _overrides(
-            data,
-            resumed_dir,
-            max_epochs=2,
-            resume_from=str(tmp_path / "first" / "models" / "checkpoint_final.pt"),
-            **common,
-        ),
+    drops at iteration 3, the warm-up ends at 1: both runs use max_iterations 4; the feature
+    noise and dropout draws must be resumed too)."""
+    check_resume_equals_straight(
+        lambda o: _run([TRAIN], o),
+        lambda work, **extra: _overrides(data, work, val_interval=100, **extra),
+        tmp_path,
+        ["net"],
+        _load,
     )
-    assert "Epoch: 1/2" not in log, "the resumed run must start at epoch 2"
-    straight = _load(tmp_path / "straight" / "models" / "checkpoint_final.pt")
-    resumed = _load(resumed_dir / "models" / "checkpoint_final.pt")
-    assert resumed["trainer"]["iteration"] == straight["trainer"]["iteration"] == 4
-    assert set(resumed["net"]) == set(straight["net"])
-    for key, value in straight["net"].items():
-        torch.testing.assert_close(resumed["net"][key], value, msg=f"net.{key} differs")
 
 
 @pytest.mark.slow
