@@ -405,3 +405,25 @@ def test_pretrained_file_freezes_the_encoder_norm_by_default():
         parser["pretrained"] = pretrained
         assert parser.get_parsed_content("backbone_norm") == expected, pretrained
         assert parser["network_def"]["pretrained_weights"] == "@pretrained"
+
+
+@pytest.mark.slow
+def test_digestpath_tiles_train_and_evaluate(tmp_path):
+    """``sslseg-convert digestpath`` output -> train.json + train_digestpath.json (its default
+    datalist, ``<dataset_dir>/datalist.json``) trains, and evaluate.json scores the whole test
+    images by sliding window."""
+    from test_pathology_data import fake_digestpath
+
+    from sslseg.datasets.pathology import convert_digestpath
+
+    src, lists = fake_digestpath(tmp_path / "digestpath")
+    out = tmp_path / "digestpath_tiles"
+    convert_digestpath(src, lists, out, tile=64)
+    configs = [TRAIN, str(CONFIGS / "train_digestpath.json")]
+    overrides = _overrides((str(out), ""), tmp_path / "run")
+    del overrides["datalist"]  # train_digestpath.json's own: <dataset_dir>/datalist.json
+    log = _run(configs, overrides)
+    assert "loss_cdkd" in log and "val_mean_dice" in log, log[-2000:]
+    _run([*configs, EVALUATE], overrides)
+    doc = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert [c["case"] for c in doc["cases"]] == ["test1.png"], doc["cases"]

@@ -173,7 +173,7 @@ def _digestpath_image(rng, h=100, w=150, tissue_cols=64):
     return img
 
 
-def _digestpath(root: Path):
+def fake_digestpath(root: Path):
     """Fake DigestPath: JPEG images + 0/255 JPEG masks, the reference's csv split lists."""
     rng = np.random.default_rng(0)
     src, lists = root / "tissue-train-pos-v1", root / "lists"
@@ -192,7 +192,7 @@ def _digestpath(root: Path):
 
 
 def test_convert_digestpath(tmp_path):
-    src, lists = _digestpath(tmp_path / "digestpath")
+    src, lists = fake_digestpath(tmp_path / "digestpath")
     out = tmp_path / "out"
     path = convert_digestpath(src, lists, out, tile=64)
     assert Path(path) == out / "datalist.json", path
@@ -229,7 +229,7 @@ def test_convert_digestpath(tmp_path):
 
 
 def test_convert_digestpath_bad_inputs(tmp_path):
-    src, lists = _digestpath(tmp_path / "digestpath")
+    src, lists = fake_digestpath(tmp_path / "digestpath")
     (lists / "train_5.csv").write_text("image\nmissing.jpg\n")
     (lists / "train_100.csv").write_text("image\na.jpg\nmissing.jpg\n")
     with pytest.raises(MissingInputError, match="missing"):
