@@ -44,6 +44,24 @@ def bundle_run(configs, overrides: dict, log: Path, configs_dir: Path = CONFIGS)
     )
 
 
+def train_and_score(configs, cfg: dict, out: Path, name: str, configs_dir: Path = CONFIGS):
+    """Train ``configs`` with the overrides ``cfg`` (checkpoints in ``out/name/models``), then
+    score its FINAL checkpoint with ``evaluate.json`` (``out/name/eval``; no checkpoint
+    selection). Logs: ``out/<name>_train.log``, ``out/<name>_eval.log``. Returns (mean metrics
+    as :func:`read_metrics`, training wall seconds)."""
+    out = Path(out)
+    ckpt, evald = out / name / "models", out / name / "eval"
+    run_cfg = {**cfg, "ckpt_dir": str(ckpt), "output_dir": str(evald)}
+    seconds = bundle_run(configs, run_cfg, out / f"{name}_train.log", configs_dir)
+    bundle_run(
+        [*configs, "evaluate.json"],
+        {**run_cfg, "eval_checkpoint": str(ckpt / "checkpoint_final.pt")},
+        out / f"{name}_eval.log",
+        configs_dir,
+    )
+    return read_metrics(evald), seconds
+
+
 def read_metrics(output_dir: Path, keys=("dice_mean", "jaccard_mean", "hd95_mean", "asd_mean")):
     """The bundle evaluation's mean metrics; Dice and Jaccard in percent."""
     path = Path(output_dir) / "metrics.json"

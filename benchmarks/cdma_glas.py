@@ -26,9 +26,10 @@ same CSA logits within 1e-5 (target 0.67).
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
-from _dmd_common import bundle_run, read_metrics
+from _dmd_common import REPO, train_and_score
 
 from sslseg.bench import speed_entry
 from sslseg.datasets.pathology import make_glas_datalist
@@ -55,10 +56,6 @@ def _net_kwargs(args):
 
 
 def _train_seed(args, out, root, datalist, seed):
-    from pathlib import Path
-
-    from _dmd_common import REPO
-
     configs = REPO / REPO_CONFIGS
     common = {
         "dataset_dir": str(root / "glas"),
@@ -79,20 +76,12 @@ def _train_seed(args, out, root, datalist, seed):
     }
     metrics, train_s = {}, {}
     for name, extra in (("supervised", ["train_supervised.json"]), ("cdma", [])):
-        ckpt, evald = Path(out) / name / "models", Path(out) / name / "eval"
-        cfg = {**common, "ckpt_dir": str(ckpt), "output_dir": str(evald)}
+        cfg = dict(common)
         if name == "supervised":
             cfg["unlabeled_batch_size"] = 0
-        train_s[name] = bundle_run(
-            ["train.json", *extra], cfg, Path(out) / f"{name}_train.log", configs
+        metrics[name], train_s[name] = train_and_score(
+            ["train.json", *extra], cfg, Path(out), name, configs
         )
-        bundle_run(
-            ["train.json", *extra, "evaluate.json"],
-            {**cfg, "eval_checkpoint": str(ckpt / "checkpoint_final.pt")},
-            Path(out) / f"{name}_eval.log",
-            configs,
-        )
-        metrics[name] = read_metrics(evald)
         print(
             f"[cdma_glas] seed {seed} {name}: {metrics[name]} ({train_s[name]:.0f} s)", flush=True
         )

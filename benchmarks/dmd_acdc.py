@@ -14,7 +14,7 @@ baseline trains one network on the labeled half of the batch).
 """
 
 import torch
-from _dmd_common import bundle_run, read_metrics, step_times, wall_speed
+from _dmd_common import step_times, train_and_score, wall_speed
 from monai.losses import DiceLoss
 
 from sslseg.bench import speed_entry
@@ -53,19 +53,11 @@ def run(args):
     }
     results, train_s = {}, {}
     for name, extra in (("supervised", ["train_supervised.json"]), ("dmd", [])):
-        ckpt, evald = out / name / "models", out / name / "eval"
-        run_cfg = {**common, "ckpt_dir": str(ckpt), "output_dir": str(evald)}
+        cfg = dict(common)
         if name == "supervised":  # labeled stream only, as train_supervised.json sets it
-            run_cfg["unlabeled_batch_size"] = 0
-        train_s[name] = bundle_run(
-            ["train.json", "train_acdc.json", *extra], run_cfg, out / f"{name}_train.log"
-        )
-        bundle_run(
-            ["train.json", "train_acdc.json", *extra, "evaluate.json"],
-            {**run_cfg, "eval_checkpoint": str(ckpt / "checkpoint_final.pt")},
-            out / f"{name}_eval.log",
-        )
-        results[name] = read_metrics(evald)
+            cfg["unlabeled_batch_size"] = 0
+        configs = ["train.json", "train_acdc.json", *extra]
+        results[name], train_s[name] = train_and_score(configs, cfg, out, name)
         print(f"[dmd_acdc] {name}: {results[name]} (training {train_s[name]:.0f} s)", flush=True)
 
     from monai_bundles.dmd.networks import UNet2D

@@ -21,7 +21,7 @@ import time
 import h5py
 import numpy as np
 import torch
-from _dmd_common import bundle_run, read_metrics, step_times, wall_speed
+from _dmd_common import step_times, train_and_score, wall_speed
 from monai.inferers import SlidingWindowInferer
 from monai.losses import DiceLoss
 
@@ -83,15 +83,7 @@ def run(args):
     }
     results, train_s = {}, {}
     for name, extra in (("supervised", ["train_supervised.json"]), ("dmd", [])):
-        ckpt, evald = out / name / "models", out / name / "eval"
-        run_cfg = {**common, "ckpt_dir": str(ckpt), "output_dir": str(evald)}
-        train_s[name] = bundle_run(["train.json", *extra], run_cfg, out / f"{name}_train.log")
-        bundle_run(
-            ["train.json", *extra, "evaluate.json"],
-            {**run_cfg, "eval_checkpoint": str(ckpt / "checkpoint_final.pt")},
-            out / f"{name}_eval.log",
-        )
-        results[name] = read_metrics(evald)
+        results[name], train_s[name] = train_and_score(["train.json", *extra], common, out, name)
         print(f"[dmd_la] {name}: {results[name]} (training {train_s[name]:.0f} s)", flush=True)
 
     from monai_bundles.dmd.networks import VNet

@@ -62,6 +62,19 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
         raise
 
 
+def write_png_atomic(image_bgr: Any, path: PathLike) -> Path:
+    """Encode ``image_bgr`` ((H, W) gray or (H, W, 3) BGR, OpenCV's order) as PNG and write it
+    to ``path`` atomically; returns the path. Raises ``OSError`` naming ``path`` on failure."""
+    import cv2  # only the PNG writers need it
+
+    ok, buf = cv2.imencode(".png", image_bgr)
+    if not ok:
+        raise OSError(f"cannot encode PNG {path}")
+    with atomic_open(path, "wb") as f:
+        f.write(buf.tobytes())
+    return Path(path)
+
+
 def write_json_atomic(obj: Any, path: PathLike, indent: Optional[int] = None) -> Path:
     """Write ``obj`` as json to ``path`` atomically; returns the path."""
     with atomic_open(path, "w") as f:

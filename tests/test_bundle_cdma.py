@@ -427,3 +427,22 @@ def test_digestpath_tiles_train_and_evaluate(tmp_path):
     _run([*configs, EVALUATE], overrides)
     doc = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert [c["case"] for c in doc["cases"]] == ["test1.png"], doc["cases"]
+
+
+@pytest.mark.parametrize("config", [TRAIN, INFER])
+def test_sw_average_probabilities_averages_softmax(config):
+    """``sw_average probabilities``: the evaluator's network returns the CSA branch's softmax
+    (MONAI then averages probabilities over windows); ``logits`` (default): its logits."""
+    from monai.bundle import ConfigParser
+
+    x = torch.rand(1, 3, 64, 64)
+    outputs = {}
+    for mode in ("logits", "probabilities"):
+        parser = ConfigParser()
+        parser.read_config(config)
+        parser.update({"sw_average": mode, "encoder": "resnet18", "decoder_channels": 16})
+        torch.manual_seed(0)
+        net = parser.get_parsed_content("prob_network").eval()
+        with torch.no_grad():
+            outputs[mode] = net(x)
+    torch.testing.assert_close(outputs["probabilities"], torch.softmax(outputs["logits"], 1))

@@ -32,7 +32,7 @@ from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
 from d2ext.data.image_io import read_image
-from sslseg.io import atomic_open
+from sslseg.io import write_png_atomic
 
 from .meta_arch import MMTPSMRCNN, PseudoLabels
 
@@ -142,12 +142,9 @@ def _stack(rows: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def write_png(path: Path, image_bgr: np.ndarray) -> Path:
-    """Encode ``image_bgr`` as PNG and write it atomically to ``path``."""
-    ok, buf = cv2.imencode(".png", image_bgr)
-    assert ok, f"PNG encoding failed for {path}"
-    with atomic_open(path, "wb") as f:
-        f.write(buf.tobytes())
-    return path
+    """Encode ``image_bgr`` as PNG and write it atomically to ``path``
+    (``sslseg.io.write_png_atomic``)."""
+    return write_png_atomic(image_bgr, path)
 
 
 def _draw_predictions(rgb: np.ndarray, instances: Instances, metadata) -> np.ndarray:

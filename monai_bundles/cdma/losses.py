@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
+from sslseg.errors import InputError
+
 KD_TARGETS = ("soft", "hard")
 UM_MODES = ("mean", "per_branch")
 
@@ -107,11 +109,11 @@ class CDMALoss(torch.nn.Module):
     ):
         super().__init__()
         if kd_target not in KD_TARGETS:
-            raise ValueError(f"kd_target must be one of {KD_TARGETS}, got {kd_target!r}")
+            raise InputError(f"kd_target must be one of {KD_TARGETS}, got {kd_target!r}")
         if um_mode not in UM_MODES:
-            raise ValueError(f"um_mode must be one of {UM_MODES}, got {um_mode!r}")
+            raise InputError(f"um_mode must be one of {UM_MODES}, got {um_mode!r}")
         if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise InputError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
         self.kd_t2_scale = bool(kd_t2_scale)
         self.kd_target = kd_target

@@ -361,7 +361,8 @@ def _load_exactly(module: nn.Module, state: Mapping, path: str, what: str) -> No
         problems.append(f"shape mismatches (file vs network): {_listed(shapes)}")
     if problems:
         raise InputError(
-            f"pretrained_weights {path}: does not match the {what}: " + "; ".join(problems)
+            f"pretrained weights file {path} (bundle key pretrained): does not match the {what}: "
+            + "; ".join(problems)
         )
     module.load_state_dict(dict(state), strict=True)
 
@@ -463,7 +464,9 @@ class MTNet(nn.Module):
         """Load a torchvision ResNet state_dict into the encoder or a full MTNet state_dict into
         the network from the local file ``path`` (see the class docstring)."""
         if not os.path.isfile(path):
-            raise MissingInputError(f"pretrained_weights {path} does not exist")
+            raise MissingInputError(
+                f"pretrained weights file {path} (bundle key pretrained) does not exist"
+            )
         state = load_checkpoint(path)
         for entry in ("net", "state_dict"):
             if isinstance(state, Mapping) and isinstance(state.get(entry), Mapping):
@@ -471,8 +474,9 @@ class MTNet(nn.Module):
                 break
         if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
             raise InputError(
-                f"pretrained_weights {path}: not a state_dict (a mapping of parameter names to "
-                f"tensors, possibly under 'net' or 'state_dict'), got {type(state).__name__}"
+                f"pretrained weights file {path} (bundle key pretrained): not a state_dict (a "
+                f"mapping of parameter names to tensors, possibly under 'net' or 'state_dict'), "
+                f"got {type(state).__name__}"
             )
         state = _strip_prefix(state, "module.")  # saved from (Distributed)DataParallel
         if any(k.startswith("encoder.") for k in state):

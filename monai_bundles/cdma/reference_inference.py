@@ -10,21 +10,12 @@ with all decoders run. Kept as the reference that tests (same output within 1e-5
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-
-def window_starts(size: int, roi: int, overlap: float) -> list[int]:
-    """Window starts along one axis as MONAI's ``dense_patch_slices``: interval
-    ``int(roi * (1 - overlap))``, the last window ending at ``size``."""
-    if size <= roi:
-        return [0]
-    interval = max(1, int(roi * (1 - overlap)))
-    steps = math.ceil((size - roi) / interval) + 1
-    return sorted({min(i * interval, size - roi) for i in range(steps)})
+from sslseg.datasets.pathology import window_starts
 
 
 @torch.no_grad()

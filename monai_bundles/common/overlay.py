@@ -4,12 +4,11 @@ Used after the prediction in an inference config (``postprocessing``), beside ``
 the label map: ``<output_dir>/<image name>_overlay.png`` shows the image with the foreground tinted
 and its outline drawn, for a quick look at a folder of predictions. Images loaded by MONAI's
 ``PILReader`` are (C, W, H) (its ``reverse_indexing``); the overlay is written (H, W, 3) like the
-source file. Files are written atomically (``sslseg.io.atomic_open``).
+source file. Files are written atomically (``sslseg.io.write_png_atomic``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -17,7 +16,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from sslseg.io import atomic_open
+from sslseg.io import write_png_atomic
 
 
 def overlay_rgb(
@@ -73,10 +72,6 @@ class SaveOverlayd(MapTransform):
             source = getattr(d[key], "meta", {}).get("filename_or_obj", f"{key}.png")
             name = Path(str(source)).name
             stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            ok, png = cv2.imencode(".png", overlay_rgb(image, mask)[..., ::-1])
-            if not ok:
-                raise OSError(f"cannot encode the overlay of {source}")
-            with atomic_open(os.fspath(self.output_dir / f"{stem}_overlay.png"), "wb") as f:
-                f.write(png.tobytes())
+            bgr = np.ascontiguousarray(overlay_rgb(image, mask)[..., ::-1])
+            write_png_atomic(bgr, self.output_dir / f"{stem}_overlay.png")
         return d

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from sslseg.errors import InputError, MissingInputError
-from sslseg.io import PathLike, write_json_atomic  # noqa: F401 (re-exported)
+from sslseg.io import PathLike, write_json_atomic, write_png_atomic  # noqa: F401 (re-exported)
 
 DATALIST_KEYS = ("labeled", "unlabeled", "validation", "test")
 
@@ -72,12 +72,8 @@ def read_image(path: PathLike, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
 
 def write_png(path: PathLike, img: np.ndarray) -> Path:
     """Write an (H, W) or (H, W, 3) RGB uint8 array as PNG (deterministic bytes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = img[..., ::-1] if img.ndim == 3 else img
-    if not cv2.imwrite(str(path), np.ascontiguousarray(arr)):
-        raise OSError(f"cannot write PNG {path}")
-    return path
+    return write_png_atomic(np.ascontiguousarray(arr), path)
 
 
 def check_exists(

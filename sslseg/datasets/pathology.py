@@ -15,6 +15,7 @@ Command line: ``sslseg-convert glas|digestpath ...``.
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
 
@@ -130,15 +131,21 @@ def make_glas_datalist(
 
 
 # ----------------------------------------------------------------------------- DigestPath
-def tile_starts(length: int, tile: int) -> List[int]:
-    """Starts of non-overlapping windows of ``tile`` over ``length``, the last one shifted back
-    to end at ``length`` (reference ``slide_window.py``); ``[0]`` when ``length <= tile``."""
-    if length <= tile:
+def window_starts(size: int, window: int, overlap: float = 0.0) -> List[int]:
+    """Starts of the windows of ``window`` along an axis of ``size``, as MONAI's
+    ``dense_patch_slices``: interval ``int(window * (1 - overlap))``, the last window shifted back
+    to end at ``size``; ``[0]`` when ``size <= window``. ``overlap=0`` is the reference's tiling
+    (``slide_window.py``); ``overlap=0.25`` its sliding-window test (stride 192 for 256)."""
+    if size <= window:
         return [0]
-    starts = list(range(0, length - tile + 1, tile))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
+    interval = max(1, int(window * (1 - overlap)))
+    steps = math.ceil((size - window) / interval) + 1
+    return sorted({min(i * interval, size - window) for i in range(steps)})
+
+
+def tile_starts(length: int, tile: int) -> List[int]:
+    """Non-overlapping tiles: :func:`window_starts` with no overlap."""
+    return window_starts(length, tile, 0.0)
 
 
 def is_blank_tile(tile: np.ndarray, low: float = 200.0) -> bool:
