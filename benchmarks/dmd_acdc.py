@@ -60,7 +60,7 @@ def run(args):
         results[name], train_s[name] = train_and_score(configs, cfg, out, name)
         print(f"[dmd_acdc] {name}: {results[name]} (training {train_s[name]:.0f} s)", flush=True)
 
-    from monai_bundles.dmd.networks import UNet2D
+    from monai_bundles.common.networks import UNet2D
 
     torch.manual_seed(SEED)
     b, s = args.batch, args.size

@@ -86,7 +86,7 @@ def run(args):
         results[name], train_s[name] = train_and_score(["train.json", *extra], common, out, name)
         print(f"[dmd_la] {name}: {results[name]} (training {train_s[name]:.0f} s)", flush=True)
 
-    from monai_bundles.dmd.networks import VNet
+    from monai_bundles.common.networks import VNet
 
     torch.manual_seed(SEED)
     net = VNet(n_channels=1, n_classes=1, has_dropout=True)

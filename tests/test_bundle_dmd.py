@@ -23,7 +23,7 @@ from conftest import (
 )
 from monai.bundle import ConfigWorkflow, verify_metadata
 
-from monai_bundles.dmd.networks import VNet
+from monai_bundles.common.networks import VNet
 from sslseg.datasets.synthetic import make_slices, make_volumes
 from sslseg.paths import data_root
 

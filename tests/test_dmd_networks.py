@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from monai_bundles.dmd.networks import UNet2D, VNet
+from monai_bundles.common.networks import UNet2D, VNet
 
 torch.set_num_threads(1)
 

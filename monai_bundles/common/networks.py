@@ -1,4 +1,5 @@
-"""The networks of the DMD paper, as in the papers' reference code (not MONAI's namesakes).
+"""Networks shared by the bundles (DMD, ATSO), as in the papers' reference code (not MONAI's
+namesakes).
 
 - ``VNet``: the LA V-Net of UA-MT/DTC/MC-Net (``networks/vnet.py``): 3x3x3 convolutions, stages of
   1/2/3/3/3 convolutions, strided 2x2x2 convolution down, transposed convolution up, additive skip

@@ -1,0 +1,76 @@
+"""ATSO vs. STSO, self-learning and M0 on ACDC with 3 labeled patients (one view, 2D U-Net).
+
+S = the 68 slices of the first 3 patients of ``train_slices.list``; R = the 1244 slices of the
+other 67 patients, split into two folds BY PATIENT (33/34); test = the 20 validation volumes (the
+40 test volumes are not shipped), scored per volume (Dice, Jaccard, HD95, ASD; foreground mean).
+One view (axial slices; 5-10 mm between slices makes other views meaningless), no context
+slices, 128 px training crops and 128 px sliding windows, batch 4, from scratch, one seed
+(``--seed``). The whole procedure runs through the bundle (``_atso_common``). CPU budget
+(default): M0 1000 iterations, T = 2 generations of 500 iterations (ATSO: two fold students of
+about 250 each, proportional budget; final model 500).
+"""
+
+import shutil
+
+from _atso_common import assemble, pseudolabel_speed, run_methods
+
+from sslseg.paths import data_root, work_dir
+
+
+def add_arguments(parser):
+    parser.add_argument("--m0-iterations", type=int, default=1000)
+    parser.add_argument("--generation-iterations", type=int, default=500)
+    parser.add_argument("--generations", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--size", type=int, default=128, help="training crop / window size")
+
+
+def run(args):
+    import torch
+
+    from monai_bundles.atso.data import acdc_atso_datalist
+    from monai_bundles.common.networks import UNet2D
+    from monai_bundles.common.readers import read_array
+
+    root = data_root(must_exist=True)
+    if not (root / "acdc").is_dir():
+        raise FileNotFoundError(f"{root / 'acdc'} not found (ACDC data, ../shared/data/README)")
+    out = work_dir("bench/atso_acdc")
+    for old in out.iterdir():  # this benchmark's own earlier runs
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    common = {
+        "dataset_dir": str(root / "acdc"),
+        "seed": args.seed,
+        "m0_iterations": args.m0_iterations,
+        "generation_iterations": args.generation_iterations,
+        "epoch_length_max": 100,
+        "slice_size": [args.size, args.size],
+        "num_workers": 0,  # on 2 cores a loader worker competes with the training threads
+    }
+    results = run_methods(["train.json", "train_acdc.json"], common, out, args.generations)
+    unlabeled = acdc_atso_datalist(str(root / "acdc"))["unlabeled"][:200]
+    slices = [
+        torch.from_numpy(read_array(str(root / "acdc" / it["image"]), "image"))[None, None].float()
+        for it in unlabeled
+    ]
+    speed_pl = pseudolabel_speed(lambda: UNet2D(1, 4), [0], 1, (args.size, args.size), slices)
+    res = assemble(results, args.generations, speed_pl)
+    res.update(
+        method="ATSO (two folds by patient, every student from M0; UNet2D, one view)",
+        dataset="acdc (3 labeled patients = 68 slices; 67 unlabeled patients = 1244 slices)",
+        split="20 validation volumes (test volumes not shipped), final models at T, one seed",
+        budget={
+            "m0_iterations": args.m0_iterations,
+            "generation_iterations": args.generation_iterations,
+            "fold_budget": "proportional",
+            "final_iterations": args.generation_iterations,
+            "generations": args.generations,
+            "seed": args.seed,
+            "input": f"{args.size}x{args.size} crops of the slices, batch 4",
+            "views": "one (axial slices), no context slices",
+            "trained_from_scratch": "every network, no pretrained weights",
+            "pseudolabel_speed_cases": f"{len(slices)} unlabeled slices, random-init M0",
+            "budget_minutes": 30,
+        },
+    )
+    return res
