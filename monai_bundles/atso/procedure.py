@@ -411,6 +411,7 @@ class ATSORun:
         items = [{"image": i["image"], "label": i["label"]} for i in self.labeled]
         if step.labels is None:
             return items
+        self.check_needs(step_id)  # before the manifest: name the missing step, not a file
         manifest = self.read_manifest(step.labels)
         for k in step.folds:
             for item in self.items_of_fold(k):
@@ -475,8 +476,9 @@ class ATSORun:
     def is_done(self, step_id: str) -> bool:
         return self.read_ledger()["steps"].get(step_id, {}).get("status") == "done"
 
-    def begin(self, step_id: str) -> Step:
-        """Check that the step's prerequisites are done, write the folds once; returns the step."""
+    def check_needs(self, step_id: str) -> dict:
+        """Raise ``InputError`` naming the prerequisites of ``step_id`` that the ledger does not
+        call done; returns the ledger."""
         step = self.step(step_id)
         ledger = self.read_ledger()
         missing = [n for n in step.needs if ledger["steps"].get(n, {}).get("status") != "done"]
@@ -485,6 +487,12 @@ class ATSORun:
                 f"step {step_id!r} needs {', '.join(missing)} first (not done in "
                 f"{self.ledger_path}); run them, or the whole procedure"
             )
+        return ledger
+
+    def begin(self, step_id: str) -> Step:
+        """Check that the step's prerequisites are done, write the folds once; returns the step."""
+        step = self.step(step_id)
+        ledger = self.check_needs(step_id)
         if _rank() == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not (self.run_dir / FOLDS).is_file():

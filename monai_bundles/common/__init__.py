@@ -20,6 +20,11 @@
 - ``inferers``: ``ProbabilityNet`` (probability averaging, optional fast inference copy),
   ``la_overlap`` (exact LA strides), ``SliceVolumeInferer`` (2D network over a 3D volume).
 - ``reference_inference``: the LA papers' per-window loop, the reference for tests/benchmarks.
+- ``networks``: the papers' ``VNet`` (LA 3D) and ``UNet2D`` (SSL4MIS), used by DMD and ATSO.
+- ``multiview``: ``RandViewSlabsd`` (slabs of adjacent slices per view axis as channels),
+  ``MultiViewInferer`` (MONAI ``SliceInferer`` per view, views fused: ``fuse_views``) and the
+  plain per-slice loop it is checked against; ``multiview_trainer.MultiViewTrainer``: one network
+  per view, trained in lockstep (ATSO).
 - ``meta_schema.json``: local schema for ``monai.bundle verify_metadata --filepath`` (offline).
 
 Modules are not imported here, so importing one does not pull in the others' dependencies.
