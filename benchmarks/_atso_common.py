@@ -128,6 +128,20 @@ def pseudolabel_speed(network_fn, views, context, roi, volumes, sw_batch_size=32
     return ours_s, loop_s, diff
 
 
+def plot(results: dict, out: Path) -> None:
+    """``out/curves.{csv,png}``: @R / @E per generation of every method (Dice in [0, 1])."""
+    from monai_bundles.atso.workflow import write_curves
+
+    write_curves(
+        {
+            m: {k: {g: v / 100.0 for g, v in c.items()} for k, c in r["curves"].items()}
+            for m, r in results.items()
+            if "curves" in r
+        },
+        Path(out) / "curves",
+    )
+
+
 def assemble(results: dict, generations: int, speed_pl) -> dict:
     """The JSON fields shared by both benchmarks (metrics, baseline, methods, curves, speed)."""
     sl, atso = results["self_learning"], results["atso"]

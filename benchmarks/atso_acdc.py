@@ -12,7 +12,7 @@ about 250 each, proportional budget; final model 500).
 
 import shutil
 
-from _atso_common import assemble, pseudolabel_speed, run_methods
+from _atso_common import assemble, plot, pseudolabel_speed, run_methods
 
 from sslseg.paths import data_root, work_dir
 
@@ -54,6 +54,7 @@ def run(args):
         for it in unlabeled
     ]
     speed_pl = pseudolabel_speed(lambda: UNet2D(1, 4), [0], 1, (args.size, args.size), slices)
+    plot(results, out)
     res = assemble(results, args.generations, speed_pl)
     res.update(
         method="ATSO (two folds by patient, every student from M0; UNet2D, one view)",

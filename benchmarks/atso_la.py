@@ -13,7 +13,7 @@ import shutil
 
 import h5py
 import numpy as np
-from _atso_common import assemble, pseudolabel_speed, run_methods
+from _atso_common import assemble, plot, pseudolabel_speed, run_methods
 
 from sslseg.paths import data_root, work_dir
 
@@ -84,6 +84,7 @@ def run(args):
     speed_pl = pseudolabel_speed(
         lambda: UNet2D(3, 1), [0, 1, 2], 3, (args.size, args.size), volumes
     )
+    plot(results, out)
     res = assemble(results, args.generations, speed_pl)
     res.update(
         method="ATSO (two folds, students from M0; 3 x UNet2D, 3-slice context, mean-prob fusion)",

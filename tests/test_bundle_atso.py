@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import ENV, REPO, SCHEMA, run_bundle
+from conftest import ENV, REPO, SCHEMA, TORCHRUN_2, run_bundle
 from monai.bundle import ConfigWorkflow, verify_metadata
 
 import monai_bundles.atso.steps as atso_steps
@@ -47,6 +47,7 @@ torch.set_num_threads(1)
 CONFIGS = Path(BUNDLE_ROOT) / "configs"
 TRAIN, LABEL, EVALUATE = (str(CONFIGS / f"{n}.json") for n in ("train", "pseudolabel", "evaluate"))
 LOGGING = str(CONFIGS / "logging.conf")
+WORKFLOW = "monai_bundles.atso.workflow.ATSOWorkflow"
 TINY = dict(
     m0_iterations=4,
     generation_iterations=4,
@@ -491,3 +492,29 @@ def test_configs_have_the_bundle_properties(data, tmp_path, files, workflow_type
     )
     workflow.initialize()
     assert workflow.check_properties() == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_multi_gpu_train_runs_the_procedure_with_torchrun_gloo(data, tmp_path):
+    """The whole ATSO procedure in 2 processes on CPU (gloo): DDP view networks in the train
+    steps, each process labelling / scoring its share of the cases, rank 0 writing the ledger,
+    the manifests and the summary. The test split lists its volume twice (one per process)."""
+    datalist = json.loads((data / "atso_datalist.json").read_text())
+    datalist["test"] *= 2
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    overrides = _overrides(
+        data, tmp_path / "run", datalist=str(tmp_path / "datalist.json"), generations=1
+    )
+    cmd = bundle_run_command([TRAIN, str(CONFIGS / "multi_gpu_train.json")], overrides, TORCHRUN_2)
+    cmd[cmd.index("run") + 1 : cmd.index("run") + 1] = ["--workflow_name", WORKFLOW]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run_dir = tmp_path / "run"
+    ledger = _json(run_dir / "atso_state.json")["steps"]
+    assert all(e["status"] == "done" for e in ledger.values()) and "final/eval" in ledger
+    manifest = _json(run_dir / "g01" / "pseudo" / "manifest.json")
+    assert len(manifest["cases"]) == 5, "the two processes' shares together cover R"
+    metrics = _json(run_dir / "final" / "eval" / "metrics.json")
+    assert len(metrics["cases"]) == 2, "both processes' test cases are gathered"
+    UNet2D(in_chns=3, class_num=1).load_state_dict(_load(run_dir / "final" / "model.pt")["view1"])

@@ -260,7 +260,9 @@ def _blob_label(shape, corner=(3, 4, 2), size=(2, 2, 2)):
 def test_slabs_shapes_and_centre_label_slice():
     shape, size = (14, 12, 9), (6, 8)
     data = {"image": _coordinate_volume(shape), "label": _blob_label(shape), "name": "case1"}
-    t = RandViewSlabsd(views=(0, 1, 2), context=3, slice_size=size, num_samples=4, pos_ratio=1.0)
+    t = RandViewSlabsd(
+        views=(0, 1, 2), context=3, slice_size=size, num_samples=4, pos_ratio=1.0, window="centred"
+    )
     t.set_random_state(0)
     samples = t(data)
     assert isinstance(samples, list) and len(samples) == 4
@@ -285,6 +287,27 @@ def test_slabs_shapes_and_centre_label_slice():
             assert torch.equal(lab[0], data["label"][0][tuple(index)].float())
     batch = list_data_collate([samples[:2], samples[2:]])
     assert batch["image_v1"].shape == (4, 9, *size) and batch["label_v2"].shape == (4, 1, *size)
+
+
+def test_slabs_random_window_on_positive_slices():
+    """``window="random"`` (the default): the slab's slice holds foreground (pos_ratio 1), the
+    in-plane window lies anywhere inside the slice, not only around the foreground."""
+    shape, size = (14, 12, 9), (6, 5)
+    label = _blob_label(shape)
+    data = {"image": _coordinate_volume(shape), "label": label}
+    t = RandViewSlabsd(views=(0, 1, 2), context=1, slice_size=size, num_samples=40)
+    t.set_random_state(1)
+    starts = {a: set() for a in range(3)}
+    for sample in t(data):
+        for axis in range(3):
+            img = sample[f"image_v{axis}"]
+            s = int(img[axis, 0, 0]) - 1  # the slice index along the axis
+            assert torch.movedim(label[0], axis, 0)[s].sum() > 0, "a slice with the organ"
+            others = [d for d in range(3) if d != axis]
+            starts[axis].add((int(img[others[0], 0, 0]) - 1, int(img[others[1], 0, 0]) - 1))
+    assert all(len(v) > 5 for v in starts.values()), starts
+    with pytest.raises(InputError, match="slice_window"):
+        RandViewSlabsd(window="middle")
 
 
 def test_slabs_reproducible_with_set_random_state():
@@ -326,7 +349,7 @@ def test_slabs_2d_slice_input():
     image = torch.rand(2, 20, 16)
     label = torch.zeros(1, 20, 16, dtype=torch.uint8)
     label[0, 5:7, 9:11] = 3
-    t = RandViewSlabsd(views=(0,), slice_size=(8, 8), num_samples=2)
+    t = RandViewSlabsd(views=(0,), slice_size=(8, 8), num_samples=2, window="centred")
     for sample in t({"image": image, "label": label}):
         img, lab = sample["image_v0"], sample["label_v0"]
         assert img.shape == (6, 8, 8) and lab.shape == (1, 8, 8) and lab.sum() > 0

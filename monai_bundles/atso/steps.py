@@ -36,6 +36,20 @@ from .procedure import ATSORun, case_id, sha256
 logger = logging.getLogger(__name__)
 
 
+def _dist():
+    """``(rank, world size)``; (0, 1) without torch.distributed."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    """Wait for every process (multi_gpu_train.json); nothing in a single process."""
+    if _dist()[1] > 1:
+        torch.distributed.barrier()
+
+
 def resume_checkpoint(ckpt_dir) -> str:
     """The step's newest intact training checkpoint ('' when it has none): the same command
     continues an interrupted step."""
@@ -70,12 +84,14 @@ def run_train_step(
     if step == "m0" and atso_run.m0_checkpoint:
         load_model(models, atso_run.m0_checkpoint, "m0_checkpoint")  # checks the views
         path = atso_run.model_path(step)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(atso_run.m0_checkpoint, "rb") as src, atomic_open(path, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        atso_run.finish(
-            step, seconds=time.time() - start, iterations=0, copied_from=atso_run.m0_checkpoint
-        )
+        if _dist()[0] == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(atso_run.m0_checkpoint, "rb") as src, atomic_open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            atso_run.finish(
+                step, seconds=time.time() - start, iterations=0, copied_from=atso_run.m0_checkpoint
+            )
+        _barrier()
         return str(path)
     init = atso_run.init_path(step)
     if init is not None and resume_loader is None:
@@ -85,10 +101,13 @@ def run_train_step(
         resume_loader.attach(trainer)  # the checkpoint holds the networks: no init needed
     checkpoint_saver.attach(trainer)
     trainer.run()
-    path = save_model(models, atso_run.model_path(step))
-    atso_run.finish(
-        step, seconds=time.time() - start, iterations=int(trainer.state.iteration), model=path
-    )
+    path = str(atso_run.model_path(step))
+    if _dist()[0] == 0:  # every process holds the same weights (DDP)
+        save_model(models, path)
+        atso_run.finish(
+            step, seconds=time.time() - start, iterations=int(trainer.state.iteration), model=path
+        )
+    _barrier()
     return path
 
 
@@ -140,13 +159,17 @@ def run_label_step(
     manifest."""
     start = time.time()
     atso_run.begin(step)
+    rank, world = _dist()
     out = atso_run.pseudo_dir(step)
     tmp = Path(str(out) + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # an interrupted attempt: redone (deterministic)
-    tmp.mkdir(parents=True)
+    if rank == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # an interrupted attempt: redone (deterministic)
+        tmp.mkdir(parents=True)
+    _barrier()
     cases: Dict[str, Any] = {}
-    for fold, teachers, items in atso_run.label_jobs(step):
+    for fold, teachers, fold_items in atso_run.label_jobs(step):
+        items = fold_items[rank::world]  # each process labels its share of the cases
         nets = ViewEnsemble(network_fn, views, len(teachers), optimize=optimize, device=device)
         nets.load(teachers, f"teacher of {step} fold {fold}").eval()
         digests = [sha256(t) for t in teachers]
@@ -176,6 +199,14 @@ def run_label_step(
                 if item.get("reference_label"):
                     entry["dice_R"] = _case_dice(label, item["reference_label"], num_classes)
                 cases[cid] = entry
+    if world > 1:
+        shares: List[Any] = [None] * world
+        torch.distributed.all_gather_object(shares, cases)
+        cases = {k: v for share in shares for k, v in share.items()}
+        if rank != 0:
+            _barrier()  # rank 0 writes the manifest and renames the folder
+            return {}
+    cases = {k: cases[k] for k in sorted(cases)}
     dice_r = [c["dice_R"] for c in cases.values() if "dice_R" in c]
     manifest = dict(
         step=step,
@@ -189,6 +220,7 @@ def run_label_step(
     os.replace(tmp, out)
     atso_run.finish(step, seconds=time.time() - start, dice_R=manifest["dice_R"], cases=len(cases))
     logger.info(f"ATSO {step}: {len(cases)} pseudo labels, @R Dice {manifest['dice_R']}")
+    _barrier()
     return manifest
 
 
@@ -236,9 +268,12 @@ def run_eval_step(
     if step:
         atso_run.begin(step)
     network.load(models, "model to evaluate")
-    evaluator.run()
+    evaluator.run()  # multi_gpu_train.json: each process scores its share, rank 0 writes
     path = Path(output_dir) / "metrics.json"
     mean = json.loads(path.read_text())["mean"] if path.is_file() else None
+    if _dist()[0] != 0:
+        _barrier()
+        return None
     if step:
         atso_run.finish(
             step,
@@ -246,6 +281,7 @@ def run_eval_step(
             dice_E=None if mean is None else mean.get("dice_mean"),
             models=[os.path.relpath(m, atso_run.run_dir) for m in models],
         )
+    _barrier()
     return mean
 
 

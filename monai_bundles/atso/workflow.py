@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from monai.bundle import ConfigWorkflow
 from monai.utils import ensure_tuple
 
@@ -99,7 +100,24 @@ class ATSOWorkflow(ConfigWorkflow):
             if step.id == self.stop_after:
                 logger.info(f"ATSO: stopped after {step.id} (stop_after)")
                 return None
+        if _rank() != 0:
+            return None
         return write_summary(atso_run)
+
+    def finalize(self) -> Any:
+        """The config's ``finalize``, then the end of a multi-process run's process group (the
+        steps share it: one ``init_process_group`` per process)."""
+        out = super().finalize()
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+        return out
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _pred_dice(dir_a: Path, dir_b: Path, num_classes: int) -> float | None:
@@ -121,10 +139,46 @@ def _pred_dice(dir_a: Path, dir_b: Path, num_classes: int) -> float | None:
     return float(np.nanmean(scores))
 
 
+def write_curves(curves_by_method: dict, stem: Path) -> None:
+    """``<stem>.csv`` (method, generation, @R, @E; Dice in [0, 1]) and ``<stem>.png``: @R and
+    @E per generation, one line per method (the paper's Table 1 as curves)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sslseg.io import atomic_open
+
+    rows = []
+    for method, curves in curves_by_method.items():
+        gens = sorted({*curves.get("R", {}), *curves.get("E", {})}, key=lambda g: int(g[1:]))
+        rows += [(method, g, curves.get("R", {}).get(g), curves.get("E", {}).get(g)) for g in gens]
+    with atomic_open(f"{stem}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "generation", "dice_R", "dice_E"])
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, title in zip(axes, ("R", "E"), ("@R: pseudo labels on R", "@E: test")):
+        for method, curves in curves_by_method.items():
+            points = sorted(curves.get(key, {}).items(), key=lambda kv: int(kv[0][1:]))
+            if points:
+                ax.plot([int(g[1:]) for g, _ in points], [v for _, v in points], "o-", label=method)
+        ax.set(title=title, xlabel="generation", ylabel="Dice")
+        ax.grid(alpha=0.3)
+    axes[1].legend()
+    fig.tight_layout()
+    with atomic_open(f"{stem}.png", "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
 def write_summary(atso_run) -> dict:
-    """``<run_dir>/summary.json``: per generation @R (pseudo labels on R) and @E (test Dice of
-    that generation's model, or the fold students' ensemble), the final model's test metrics,
-    the DSC between its test predictions and M0's (``dsc_vs_m0``), seconds and iterations."""
+    """``<run_dir>/summary.json`` (and ``curves.csv`` / ``curves.png``): per generation @R
+    (pseudo labels on R) and @E (test Dice of that generation's model, or the fold students'
+    ensemble), the final model's test metrics, the DSC between its test predictions and M0's
+    (``dsc_vs_m0``), seconds and iterations."""
     ledger = atso_run.read_ledger()["steps"]
     curves = {"R": {}, "E": {}}
     for sid, entry in ledger.items():
@@ -167,6 +221,7 @@ def write_summary(atso_run) -> dict:
     )
     path = atso_run.run_dir / "summary.json"
     write_json_atomic(summary, path, indent=1)
+    write_curves({atso_run.method: curves}, atso_run.run_dir / "curves")
     logger.info(f"ATSO: summary -> {path}: final {final_metrics}")
     return summary
 

@@ -38,6 +38,7 @@ from sslseg.errors import InputError
 __all__ = [
     "FUSION_MODES",
     "SLICE_MODES",
+    "WINDOW_MODES",
     "context_channels",
     "fuse_views",
     "MultiViewInferer",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 FUSION_MODES = ("mean_prob", "vote", "union", "intersection")
+WINDOW_MODES = ("random", "centred")
 SLICE_MODES = ("sliding_window", "resize")
 _BINARY_ONLY = ("union", "intersection")
 
@@ -398,7 +400,11 @@ class RandViewSlabsd(Randomizable, MapTransform, MultiSampleTrait):
         slice_size: in-plane ``(h, w)`` of the slabs.
         num_samples: number of output dicts per input dict.
         pos_ratio: probability that a slab's centre voxel is drawn among the foreground voxels
-            (else among all voxels).
+            (else among all voxels): with 1.0 every slab's slice holds the organ (RSTN trains on
+            such slices only).
+        window: where the in-plane window lies in that slice: ``"random"`` (uniformly among the
+            positions inside the slice, so the periphery of positive slices is seen too; RSTN
+            trains on whole slices) or ``"centred"`` (on the centre voxel, shifted inside).
         allow_missing_keys: a missing label key is allowed (centres drawn among all voxels, no
             label outputs).
 
@@ -413,8 +419,9 @@ class RandViewSlabsd(Randomizable, MapTransform, MultiSampleTrait):
     view the centre voxel is drawn independently: with probability ``pos_ratio`` uniformly among
     the foreground voxels, else (or where the label has no foreground: counted in
     ``self.empty_fallbacks``, per process, e.g. per DataLoader worker) uniformly among all. The
-    slab's in-plane window (the two other axes, in their order) of ``slice_size`` is centred on
-    the centre voxel and shifted to lie inside the slice; a slice smaller than ``slice_size`` is
+    slab's in-plane window (the two other axes, in their order) of ``slice_size`` lies at a
+    uniformly random position inside the slice (``window="random"``), or is centred on the centre
+    voxel and shifted to lie inside it (``"centred"``); a slice smaller than ``slice_size`` is
     zero-padded symmetrically (image and label). All randomness comes from ``self.R``
     (``set_random_state``, ``monai.data.utils.set_rnd``).
     """
@@ -427,9 +434,13 @@ class RandViewSlabsd(Randomizable, MapTransform, MultiSampleTrait):
         slice_size: Sequence[int] = (96, 96),
         num_samples: int = 1,
         pos_ratio: float = 1.0,
+        window: str = "random",
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
+        if window not in WINDOW_MODES:
+            raise InputError(f"slice_window {window!r}: must be one of {WINDOW_MODES}")
+        self.window = window
         if len(self.keys) not in (1, 2):
             raise InputError(f"keys {tuple(self.keys)!r}: must be (image_key, label_key)")
         self.views = _check_views(views)
@@ -460,7 +471,8 @@ class RandViewSlabsd(Randomizable, MapTransform, MultiSampleTrait):
                     if positive and labelled:
                         self.empty_fallbacks += 1
                     flat = int(self.R.randint(total))
-                centres.append(tuple(int(i) for i in np.unravel_index(flat, shape)))
+                centre = tuple(int(i) for i in np.unravel_index(flat, shape))
+                centres.append((centre, tuple(self.R.rand(2))))  # window position in [0, 1)^2
             self._centres.append(centres)
 
     def _volumes(self, data: Mapping) -> Tuple[torch.Tensor, Any]:
@@ -495,24 +507,31 @@ class RandViewSlabsd(Randomizable, MapTransform, MultiSampleTrait):
             )
         return image, label
 
-    def _window(self, centre: int, size: int, want: int) -> Tuple[int, int, int, int]:
-        """``(start, stop, pad_before, pad_after)`` of a ``want``-wide window at ``centre``."""
+    def _window(self, centre: int, size: int, want: int, u: float) -> Tuple[int, int, int, int]:
+        """``(start, stop, pad_before, pad_after)`` of a ``want``-wide window: at relative
+        position ``u`` in [0, 1) of the possible starts (``random``) or at ``centre``."""
         if size >= want:
-            start = min(max(centre - want // 2, 0), size - want)
+            if self.window == "random":
+                start = min(int(u * (size - want + 1)), size - want)
+            else:
+                start = min(max(centre - want // 2, 0), size - want)
             return start, start + want, 0, 0
         before = (want - size) // 2
         return 0, size, before, want - size - before
 
     def _slab(
-        self, image: torch.Tensor, label: Any, axis: int, centre: Tuple[int, int, int]
+        self, image: torch.Tensor, label: Any, axis: int, draw: Tuple[Tuple[int, ...], tuple]
     ) -> Tuple[torch.Tensor, Any]:
-        """``(C * context, h, w)`` image slab and ``(1, h, w)`` centre label slice (or None)."""
+        """``(C * context, h, w)`` image slab and ``(1, h, w)`` centre label slice (or None);
+        ``draw`` = (centre voxel, in-plane window position in [0, 1)^2)."""
+        centre, position = draw
         v = torch.movedim(image, 1 + axis, 1)  # (C, S, P, Q), P and Q in their original order
         size = v.shape[1]
         idx = _clamped_offsets(torch.tensor([centre[axis]]), size, self.context)[0]
         in_plane = [centre[d] for d in range(3) if d != axis]
         (p0, p1, pb, pa), (q0, q1, qb, qa) = (
-            self._window(c, n, w) for c, n, w in zip(in_plane, v.shape[2:], self.slice_size)
+            self._window(c, n, w, u)
+            for c, n, w, u in zip(in_plane, v.shape[2:], self.slice_size, position)
         )
         pad = (qb, qa, pb, pa)
         slab = v[:, idx, p0:p1, q0:q1].to(torch.float32)  # (C, context, h', w')
