@@ -18,6 +18,7 @@ time), same M0 weights, outputs equal within 1e-5 (target 0.67).
 """
 
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +34,56 @@ CONFIGS = REPO / "monai_bundles" / "atso" / "configs"
 WORKFLOW = "monai_bundles.atso.workflow.ATSOWorkflow"
 METHODS = ("self_learning", "stso", "atso")
 KEYS = ("dice_mean", "jaccard_mean", "hd95_mean", "asd_mean")
+
+
+def add_common_arguments(parser, m0: int, generation: int, size: int) -> None:
+    """The budget arguments both benchmarks take (their defaults differ)."""
+    parser.add_argument("--m0-iterations", type=int, default=m0)
+    parser.add_argument("--generation-iterations", type=int, default=generation)
+    parser.add_argument("--generations", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--size", type=int, default=size, help="training crop / window size")
+
+
+def fresh_work_dir(name: str, data_folder: str):
+    """``(data root, empty work folder)``; a missing data folder is named."""
+    from sslseg.paths import data_root, work_dir
+
+    root = data_root(must_exist=True)
+    if not (root / data_folder).is_dir():
+        raise FileNotFoundError(f"{root / data_folder} not found (../shared/data/README)")
+    out = work_dir(f"bench/{name}")
+    for old in out.iterdir():  # this benchmark's own earlier runs
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    return root, out
+
+
+def common_overrides(args, dataset_dir) -> dict:
+    """The bundle overrides every method of a benchmark gets."""
+    return {
+        "dataset_dir": str(dataset_dir),
+        "seed": args.seed,
+        "m0_iterations": args.m0_iterations,
+        "generation_iterations": args.generation_iterations,
+        "epoch_length_max": 100,
+        "slice_size": [args.size, args.size],
+        "num_workers": 0,  # on 2 cores a loader worker competes with the training threads
+    }
+
+
+def budget(args, **extra) -> dict:
+    """The JSON's ``budget`` entry: iterations, seed, and what the benchmark adds."""
+    return {
+        "m0_iterations": args.m0_iterations,
+        "generation_iterations": args.generation_iterations,
+        "fold_budget": "proportional",
+        "final_iterations": args.generation_iterations,
+        "generations": args.generations,
+        "seed": args.seed,
+        "trained_from_scratch": "every network, no pretrained weights",
+        "budget_minutes": 30,
+        **extra,
+    }
 
 
 def run_procedure(configs, overrides: dict, log: Path) -> float:
@@ -86,18 +137,23 @@ def run_methods(configs, common: dict, out: Path, generations: int) -> dict:
             },
             out / f"{method}.log",
         )
-        summary = json.loads((run_dir / "summary.json").read_text())
-        ledger = json.loads((run_dir / "atso_state.json").read_text())["steps"]
-        results[method] = dict(
-            metrics=_percent(summary["final_metrics"]),
-            curves={k: {g: 100.0 * v for g, v in c.items()} for k, c in summary["curves"].items()},
-            dsc_vs_m0=None if summary["dsc_vs_m0"] is None else 100.0 * summary["dsc_vs_m0"],
-            generation_s=_generation_seconds(ledger, method, generations),
-            optimizer_steps=sum(v for v in summary["iterations"].values() if v),
-            wall_s=wall,
-        )
+        results[method] = collect(run_dir, method, generations, wall)
         print(f"[atso bench] {method}: {results[method]}", flush=True)
     return results
+
+
+def collect(run_dir: Path, method: str, generations: int, wall: float) -> dict:
+    """One method's entry from its run folder (summary.json and the ledger)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ledger = json.loads((run_dir / "atso_state.json").read_text())["steps"]
+    return dict(
+        metrics=_percent(summary["final_metrics"]),
+        curves={k: {g: 100.0 * v for g, v in c.items()} for k, c in summary["curves"].items()},
+        dsc_vs_m0=None if summary["dsc_vs_m0"] is None else 100.0 * summary["dsc_vs_m0"],
+        generation_s=_generation_seconds(ledger, method, generations),
+        optimizer_steps=sum(v for v in summary["iterations"].values() if v),
+        wall_s=wall,
+    )
 
 
 def pseudolabel_speed(network_fn, views, context, roi, volumes, sw_batch_size=32):

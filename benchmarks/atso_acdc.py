@@ -10,19 +10,20 @@ slices, 128 px training crops and 128 px sliding windows, batch 4, from scratch,
 about 250 each, proportional budget; final model 500).
 """
 
-import shutil
-
-from _atso_common import assemble, plot, pseudolabel_speed, run_methods
-
-from sslseg.paths import data_root, work_dir
+from _atso_common import (
+    add_common_arguments,
+    assemble,
+    budget,
+    common_overrides,
+    fresh_work_dir,
+    plot,
+    pseudolabel_speed,
+    run_methods,
+)
 
 
 def add_arguments(parser):
-    parser.add_argument("--m0-iterations", type=int, default=1000)
-    parser.add_argument("--generation-iterations", type=int, default=500)
-    parser.add_argument("--generations", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--size", type=int, default=128, help="training crop / window size")
+    add_common_arguments(parser, m0=1000, generation=500, size=128)
 
 
 def run(args):
@@ -32,25 +33,14 @@ def run(args):
     from monai_bundles.common.networks import UNet2D
     from monai_bundles.common.readers import read_array
 
-    root = data_root(must_exist=True)
-    if not (root / "acdc").is_dir():
-        raise FileNotFoundError(f"{root / 'acdc'} not found (ACDC data, ../shared/data/README)")
-    out = work_dir("bench/atso_acdc")
-    for old in out.iterdir():  # this benchmark's own earlier runs
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    common = {
-        "dataset_dir": str(root / "acdc"),
-        "seed": args.seed,
-        "m0_iterations": args.m0_iterations,
-        "generation_iterations": args.generation_iterations,
-        "epoch_length_max": 100,
-        "slice_size": [args.size, args.size],
-        "num_workers": 0,  # on 2 cores a loader worker competes with the training threads
-    }
+    root, out = fresh_work_dir("atso_acdc", "acdc")
+    common = common_overrides(args, root / "acdc")
     results = run_methods(["train.json", "train_acdc.json"], common, out, args.generations)
     unlabeled = acdc_atso_datalist(str(root / "acdc"))["unlabeled"][:200]
     slices = [
-        torch.from_numpy(read_array(str(root / "acdc" / it["image"]), "image"))[None, None].float()
+        torch.from_numpy(read_array(str(root / "acdc" / it["image"]), "image"))[
+            None, None, None
+        ].float()
         for it in unlabeled
     ]
     speed_pl = pseudolabel_speed(lambda: UNet2D(1, 4), [0], 1, (args.size, args.size), slices)
@@ -60,18 +50,11 @@ def run(args):
         method="ATSO (two folds by patient, every student from M0; UNet2D, one view)",
         dataset="acdc (3 labeled patients = 68 slices; 67 unlabeled patients = 1244 slices)",
         split="20 validation volumes (test volumes not shipped), final models at T, one seed",
-        budget={
-            "m0_iterations": args.m0_iterations,
-            "generation_iterations": args.generation_iterations,
-            "fold_budget": "proportional",
-            "final_iterations": args.generation_iterations,
-            "generations": args.generations,
-            "seed": args.seed,
-            "input": f"{args.size}x{args.size} crops of the slices, batch 4",
-            "views": "one (axial slices), no context slices",
-            "trained_from_scratch": "every network, no pretrained weights",
-            "pseudolabel_speed_cases": f"{len(slices)} unlabeled slices, random-init M0",
-            "budget_minutes": 30,
-        },
+        budget=budget(
+            args,
+            input=f"{args.size}x{args.size} windows of positive slices, batch 4",
+            views="one (axial slices), no context slices",
+            pseudolabel_speed_cases=f"{len(slices)} unlabeled slices, random-init M0",
+        ),
     )
     return res

@@ -6,26 +6,29 @@ The staged LA cases (16 of train.list, 4 of test.list; ../shared/data/README), d
 Three 2D U-Nets (one per axis) with 3-slice context, 96 px crops, batch 2 volumes x 2 slabs per
 view; pseudo labels and test predictions by 96 px sliding windows over every slice of every axis,
 fused by mean probability (RSTN F2). From scratch, one seed. CPU budget (default): M0 1000
-iterations, T = 2 generations of 500 (ATSO: two fold students of about 280 each; final 500).
+iterations, T = 2 generations of 400 (ATSO: two fold students of about 225 each; final 400).
 """
 
 import shutil
 
 import h5py
 import numpy as np
-from _atso_common import assemble, plot, pseudolabel_speed, run_methods
-
-from sslseg.paths import data_root, work_dir
+from _atso_common import (
+    add_common_arguments,
+    assemble,
+    budget,
+    common_overrides,
+    fresh_work_dir,
+    plot,
+    pseudolabel_speed,
+    run_methods,
+)
 
 LA = "2018LA_Seg_Training Set"
 
 
 def add_arguments(parser):
-    parser.add_argument("--m0-iterations", type=int, default=1000)
-    parser.add_argument("--generation-iterations", type=int, default=500)
-    parser.add_argument("--generations", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--size", type=int, default=96, help="training crop / window size")
+    add_common_arguments(parser, m0=1000, generation=400, size=96)
     parser.add_argument("--zoom", type=float, default=0.5, help="resampling of the volumes")
 
 
@@ -58,23 +61,10 @@ def run(args):
     from monai_bundles.common.networks import UNet2D
     from monai_bundles.common.readers import read_array
 
-    root = data_root(must_exist=True)
-    if not (root / "la").is_dir():
-        raise FileNotFoundError(f"{root / 'la'} not found (LA data, ../shared/data/README)")
-    out = work_dir("bench/atso_la")
-    for old in out.iterdir():  # this benchmark's own earlier runs
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    root, out = fresh_work_dir("atso_la", "la")
     data = out / "la_data"
     cases = downsample(root / "la", data, args.zoom)
-    common = {
-        "dataset_dir": str(data),
-        "seed": args.seed,
-        "m0_iterations": args.m0_iterations,
-        "generation_iterations": args.generation_iterations,
-        "epoch_length_max": 100,
-        "slice_size": [args.size, args.size],
-        "num_workers": 0,  # on 2 cores a loader worker competes with the training threads
-    }
+    common = common_overrides(args, data)
     results = run_methods(["train.json"], common, out, args.generations)
     unlabeled = la_atso_datalist(str(data), labeled=2)["unlabeled"][:2]
     volumes = [
@@ -90,18 +80,12 @@ def run(args):
         method="ATSO (two folds, students from M0; 3 x UNet2D, 3-slice context, mean-prob fusion)",
         dataset=f"la ({cases} staged cases at zoom {args.zoom}: 2 labeled, 14 unlabeled, 4 test)",
         split="4 staged test cases, final models at T, one seed",
-        budget={
-            "m0_iterations": args.m0_iterations,
-            "generation_iterations": args.generation_iterations,
-            "fold_budget": "proportional",
-            "final_iterations": args.generation_iterations,
-            "generations": args.generations,
-            "seed": args.seed,
-            "input": f"{args.size}x{args.size} crops, batch 2 volumes x 2 slabs per view",
-            "views": "three (axes 0, 1, 2), 3-slice context, fusion mean_prob",
-            "trained_from_scratch": "every network, no pretrained weights",
-            "pseudolabel_speed_cases": f"{len(volumes)} unlabeled volumes, random-init M0",
-            "budget_minutes": 30,
-        },
+        budget=budget(
+            args,
+            input=f"{args.size}x{args.size} windows of positive slices, 2 volumes x 2 per view",
+            views="three (axes 0, 1, 2), 3-slice context, fusion mean_prob",
+            zoom=args.zoom,
+            pseudolabel_speed_cases=f"{len(volumes)} unlabeled volumes, random-init M0",
+        ),
     )
     return res

@@ -32,6 +32,34 @@ from sslseg.errors import InputError, MissingInputError
 N_LABELED, N_UNLABELED = 2, 7
 
 
+# the step lists of two generations (also the order tests/test_bundle_atso.py checks runs by)
+ONE_FOLD_T2_STEPS = [
+    "m0",
+    "g00/eval",
+    "g01/label",
+    "g01/student",
+    "g01/eval",
+    "g02/label",
+    "g02/student",
+    "final/eval",  # G_T is the final model: no g02/eval
+]
+ATSO_T2_STEPS = [
+    "m0",
+    "g00/eval",
+    "g01/label",
+    "g01/f1",
+    "g01/f2",
+    "g01/eval",
+    "g02/label",
+    "g02/f1",
+    "g02/f2",
+    "g02/eval",
+    "g03/label",
+    "final",
+    "final/eval",
+]
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """``(dataset_dir, datalist dict)``: 10 volumes -> 1 test, 2 labeled, 7 unlabeled (with
@@ -83,16 +111,7 @@ def test_supervised_accepts_an_empty_unlabeled_split(data, tmp_path):
 @pytest.mark.parametrize("method,g02_init", [("self_learning", "g01/student"), ("stso", "m0")])
 def test_one_fold_methods(data, tmp_path, method, g02_init):
     run = _run(data, tmp_path, method=method, generations=2)
-    assert _ids(run) == [
-        "m0",
-        "g00/eval",
-        "g01/label",
-        "g01/student",
-        "g01/eval",
-        "g02/label",
-        "g02/student",
-        "final/eval",  # G_T is the final model: no g02/eval
-    ]
+    assert _ids(run) == ONE_FOLD_T2_STEPS
     assert run.num_folds == 1 and run.final_model == "g02/student"
     assert run.step("g01/student").init == "m0"
     assert run.step("g02/student").init == g02_init
@@ -108,21 +127,7 @@ def test_one_fold_methods(data, tmp_path, method, g02_init):
 
 def test_atso_two_folds_asynchronous_teachers(data, tmp_path):
     run = _run(data, tmp_path, method="atso", generations=2)
-    assert _ids(run) == [
-        "m0",
-        "g00/eval",
-        "g01/label",
-        "g01/f1",
-        "g01/f2",
-        "g01/eval",
-        "g02/label",
-        "g02/f1",
-        "g02/f2",
-        "g02/eval",
-        "g03/label",
-        "final",
-        "final/eval",
-    ]
+    assert _ids(run) == ATSO_T2_STEPS
     assert run.num_folds == 2 and run.reinit and run.final_model == "final"
     for sid in ("g01/f1", "g01/f2", "g02/f1", "g02/f2"):
         assert run.step(sid).init == "m0", sid

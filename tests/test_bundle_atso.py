@@ -30,6 +30,7 @@ import pytest
 import torch
 from conftest import ENV, REPO, SCHEMA, TORCHRUN_2, run_bundle
 from monai.bundle import ConfigWorkflow, verify_metadata
+from test_atso_procedure import ATSO_T2_STEPS, ONE_FOLD_T2_STEPS
 
 import monai_bundles.atso.steps as atso_steps
 from monai_bundles.atso import BUNDLE_ROOT
@@ -61,35 +62,11 @@ TINY = dict(
 FREEZE_ROUND_2 = {
     "optimizer#lr": "$0.0 if @step.startswith('g02/') or @step == 'final' else @learning_rate"
 }
-ONE_FOLD = [
-    "m0",
-    "g00/eval",
-    "g01/label",
-    "g01/student",
-    "g01/eval",
-    "g02/label",
-    "g02/student",
-    "final/eval",
-]
 STEPS = {
     "supervised": ["m0", "final/eval"],
-    "self_learning": ONE_FOLD,
-    "stso": ONE_FOLD,
-    "atso": [
-        "m0",
-        "g00/eval",
-        "g01/label",
-        "g01/f1",
-        "g01/f2",
-        "g01/eval",
-        "g02/label",
-        "g02/f1",
-        "g02/f2",
-        "g02/eval",
-        "g03/label",
-        "final",
-        "final/eval",
-    ],
+    "self_learning": ONE_FOLD_T2_STEPS,
+    "stso": ONE_FOLD_T2_STEPS,
+    "atso": ATSO_T2_STEPS,
 }
 PARAMETERS = {n for n, _ in UNet2D(in_chns=3, class_num=1).named_parameters()}
 
@@ -518,3 +495,26 @@ def test_multi_gpu_train_runs_the_procedure_with_torchrun_gloo(data, tmp_path):
     metrics = _json(run_dir / "final" / "eval" / "metrics.json")
     assert len(metrics["cases"]) == 2, "both processes' test cases are gathered"
     UNet2D(in_chns=3, class_num=1).load_state_dict(_load(run_dir / "final" / "model.pt")["view1"])
+
+
+@pytest.mark.slow
+def test_volume3d_option_trains_and_labels_with_one_vnet(data, tmp_path):
+    """train_volume3d.json: one 3D V-Net (view0) on 3D patches, SlidingWindowInferer for the
+    pseudo labels and the test volume; the procedure is unchanged (self-learning, T = 1)."""
+    from monai_bundles.common.networks import VNet
+
+    overrides = _overrides(data, tmp_path / "run", method="self_learning", generations=1)
+    overrides.update(patch_size=[32, 32, 16], sw_batch_size=2)
+    del overrides["slice_size"]
+    workflow = ATSOWorkflow(
+        config_file=[TRAIN, str(CONFIGS / "train_volume3d.json")], logging_file=False, **overrides
+    )
+    workflow.initialize()
+    summary = workflow.run()
+    workflow.finalize()
+    assert 0.0 <= summary["final_metrics"]["dice_mean"] <= 1.0
+    state = _load(tmp_path / "run" / "g01" / "student" / "model.pt")
+    assert sorted(state) == ["view0"]
+    VNet(n_channels=1, n_classes=1, has_dropout=True).load_state_dict(state["view0"])
+    for path, labels in _pseudo_labels(tmp_path / "run", "g01").items():
+        assert labels.shape == (32, 32, 24) and labels.dtype == np.uint8, path

@@ -9,10 +9,10 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler
 from monai.losses import DiceLoss
 
+from monai_bundles.common.networks import UNet2D, VNet
 from monai_bundles.common.stats import loss_terms
 from monai_bundles.common.two_stream import EpochTwoStreamLoader, labeled_prepare_batch
 from monai_bundles.dmd.losses import DMDLoss
-from monai_bundles.common.networks import UNet2D, VNet
 from monai_bundles.dmd.trainer import LOSS_TERMS, DMDTrainer
 
 torch.set_num_threads(1)

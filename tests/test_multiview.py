@@ -381,3 +381,21 @@ def test_slabs_empty_label_fallback_and_bad_arguments():
             RandViewSlabsd(**kwargs)
     with pytest.raises(InputError, match="label"):
         RandViewSlabsd(slice_size=(4, 4))({"image": data["image"], "label": torch.zeros(1, 6, 7)})
+
+
+def test_inferer_volume_mode_is_one_3d_sliding_window():
+    """``slice_mode="volume"``: one 3D network by SlidingWindowInferer (the 3D option)."""
+    from monai.inferers import SlidingWindowInferer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.Softmax(dim=1)).eval()
+    x = torch.rand(1, 1, 20, 18, 9)
+    inferer = MultiViewInferer(views=(0,), context=1, roi_size=(8, 8, 8), slice_mode="volume")
+    with torch.no_grad():
+        got = inferer(x, torch.nn.ModuleList([net]))
+        want = SlidingWindowInferer((8, 8, 8), sw_batch_size=16, overlap=0.25)(x, net)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(InputError, match="views"):
+        MultiViewInferer(views=(0, 1), context=1, roi_size=(8, 8, 8), slice_mode="volume")
+    with pytest.raises(InputError, match="slice_size"):
+        MultiViewInferer(views=(0,), context=1, roi_size=(8, 8), slice_mode="volume")

@@ -27,7 +27,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.inferers import Inferer, SliceInferer, sliding_window_inference
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer, sliding_window_inference
 from monai.transforms import MapTransform, Randomizable
 from monai.transforms.traits import MultiSampleTrait
 from monai.utils import convert_to_dst_type
@@ -48,7 +48,7 @@ __all__ = [
 
 FUSION_MODES = ("mean_prob", "vote", "union", "intersection")
 WINDOW_MODES = ("random", "centred")
-SLICE_MODES = ("sliding_window", "resize")
+SLICE_MODES = ("sliding_window", "resize", "volume")
 _BINARY_ONLY = ("union", "intersection")
 
 
@@ -85,14 +85,15 @@ def _check_views(views: Any) -> Tuple[int, ...]:
     return tuple(int(v) for v in got)
 
 
-def _check_slice_size(slice_size: Any) -> Tuple[int, int]:
+def _check_slice_size(slice_size: Any, dims: int = 2) -> Tuple[int, ...]:
     try:
         got = tuple(slice_size)
     except TypeError:
         got = ()
-    if len(got) != 2 or not all(_is_int(s) and s > 0 for s in got):
-        raise InputError(f"slice_size {slice_size!r}: must be two positive sizes (h, w)")
-    return int(got[0]), int(got[1])
+    if len(got) != dims or not all(_is_int(s) and s > 0 for s in got):
+        what = "two positive sizes (h, w)" if dims == 2 else f"{dims} positive sizes"
+        raise InputError(f"slice_size {slice_size!r}: must be {what}")
+    return tuple(int(s) for s in got)
 
 
 def _check_fusion(fusion: Any) -> str:
@@ -226,7 +227,9 @@ class MultiViewInferer(Inferer):
         fusion: how the views' probabilities are fused, one of :data:`FUSION_MODES`.
         slice_mode: ``"sliding_window"``: MONAI's ``SliceInferer`` (2D windows of ``roi_size``
             over each slice, zero-padded where the slice is smaller); ``"resize"``: whole slices
-            resized to ``roi_size`` and the probabilities back (:class:`SliceVolumeInferer`).
+            resized to ``roi_size`` and the probabilities back (:class:`SliceVolumeInferer`);
+            ``"volume"``: one 3D network (``views == (0,)``, ``context == 1``, a 3D
+            ``roi_size``) by MONAI's ``SlidingWindowInferer`` (the 3D option).
 
     ``__call__(inputs, network)``: ``inputs`` ``(B, C, X, Y, Z)`` (a MONAI ``MetaTensor`` or a
     plain tensor), or ``(B, C, H, W)`` 2D slices with ``views == (0,)`` (treated as
@@ -251,10 +254,15 @@ class MultiViewInferer(Inferer):
         super().__init__()
         self.views = _check_views(views)
         self.context = _check_context(context)
-        self.roi_size = _check_slice_size(roi_size)
-        self.fusion = _check_fusion(fusion)
         if slice_mode not in SLICE_MODES:
             raise InputError(f"slice_mode {slice_mode!r}: must be one of {', '.join(SLICE_MODES)}")
+        if slice_mode == "volume" and (self.views != (0,) or self.context != 1):
+            raise InputError(
+                f"slice_mode 'volume' (one 3D network) takes views [0] and context_slices 1, "
+                f"got views {list(self.views)} and context_slices {self.context}"
+            )
+        self.roi_size = _check_slice_size(roi_size, 3 if slice_mode == "volume" else 2)
+        self.fusion = _check_fusion(fusion)
         if not _is_int(sw_batch_size) or sw_batch_size < 1:
             raise InputError(f"sw_batch_size {sw_batch_size!r}: must be a positive integer")
         if not 0 <= float(overlap) < 1:
@@ -266,6 +274,14 @@ class MultiViewInferer(Inferer):
         self.inferers = [self._slice_inferer(a) for a in self.views]
 
     def _slice_inferer(self, axis: int) -> Inferer:
+        if self.slice_mode == "volume":
+            return SlidingWindowInferer(
+                roi_size=self.roi_size,
+                sw_batch_size=self.sw_batch_size,
+                overlap=self.overlap,
+                mode=self.mode,
+                progress=False,
+            )
         if self.slice_mode == "resize":
             return SliceVolumeInferer(
                 self.roi_size, spatial_dim=axis, sw_batch_size=self.sw_batch_size
