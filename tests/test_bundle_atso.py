@@ -480,9 +480,9 @@ def test_multi_gpu_train_runs_the_procedure_with_torchrun_gloo(data, tmp_path):
     datalist = json.loads((data / "atso_datalist.json").read_text())
     datalist["test"] *= 2
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    overrides = _overrides(
-        data, tmp_path / "run", datalist=str(tmp_path / "datalist.json"), generations=1
-    )
+    overrides = _overrides(data, tmp_path / "run", generations=1)
+    # one volume per process and step (2 labeled volumes over 2 processes)
+    overrides.update(datalist=str(tmp_path / "datalist.json"), batch_size=1)
     cmd = bundle_run_command([TRAIN, str(CONFIGS / "multi_gpu_train.json")], overrides, TORCHRUN_2)
     cmd[cmd.index("run") + 1 : cmd.index("run") + 1] = ["--workflow_name", WORKFLOW]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
