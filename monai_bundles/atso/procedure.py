@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import ignite.distributed as idist
 import numpy as np
 
 from monai_bundles.common.datalist import datalist_split
@@ -493,7 +494,7 @@ class ATSORun:
         """Check that the step's prerequisites are done, write the folds once; returns the step."""
         step = self.step(step_id)
         ledger = self.check_needs(step_id)
-        if _rank() == 0:
+        if idist.get_rank() == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not (self.run_dir / FOLDS).is_file():
                 write_json_atomic(
@@ -512,7 +513,7 @@ class ATSORun:
 
     def finish(self, step_id: str, seconds: float = 0.0, **info) -> None:
         """Mark ``step_id`` done in the ledger (rank 0), with ``info`` (e.g. dice_R)."""
-        if _rank() != 0:
+        if idist.get_rank() != 0:
             return
         ledger = self.read_ledger()
         ledger["steps"][step_id] = dict(
@@ -529,9 +530,3 @@ class ATSORun:
 
 def _jsonable(value):
     return json.loads(json.dumps(value))
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import h5py
+import ignite.distributed as idist
 import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
@@ -37,16 +38,13 @@ logger = logging.getLogger(__name__)
 
 
 def _dist():
-    """``(rank, world size)``; (0, 1) without torch.distributed."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    """``(rank, world size)`` (ignite.distributed: (0, 1) without torch.distributed)."""
+    return idist.get_rank(), idist.get_world_size()
 
 
 def _barrier() -> None:
     """Wait for every process (multi_gpu_train.json); nothing in a single process."""
-    if _dist()[1] > 1:
+    if idist.get_world_size() > 1:
         torch.distributed.barrier()
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow
@@ -100,7 +101,7 @@ class ATSOWorkflow(ConfigWorkflow):
             if step.id == self.stop_after:
                 logger.info(f"ATSO: stopped after {step.id} (stop_after)")
                 return None
-        if _rank() != 0:
+        if idist.get_rank() != 0:
             return None
         return write_summary(atso_run)
 
@@ -113,11 +114,6 @@ class ATSOWorkflow(ConfigWorkflow):
             dist.barrier()
             dist.destroy_process_group()
         return out
-
-
-def _rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _pred_dice(dir_a: Path, dir_b: Path, num_classes: int) -> float | None:
