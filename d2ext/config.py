@@ -31,6 +31,8 @@ def add_sslseg_config(cfg: CN) -> None:
     # Trainer class (d2ext.engine.TRAINER_REGISTRY): "auto" = the one registered for
     # MODEL.META_ARCHITECTURE or its nearest base class (d2ext.engine.trainer_class).
     cfg.TRAINER = "auto"
+    # Optimizer of trainers that offer a choice (CKSTrainer): "SGD" (detectron2's) or "ADAMW".
+    cfg.SOLVER.OPTIMIZER = "SGD"
     # Periodic checkpoints model_<iter>.pth kept (the newest); 0 = all. model_final.pth is kept.
     cfg.SOLVER.CHECKPOINTS_TO_KEEP = 2
 
@@ -95,11 +97,13 @@ def default_cfg() -> CN:
     """
     from detectron2.config import get_cfg
 
+    from d2ext.cks import add_cks_config
     from d2ext.mmt_psm import add_mmt_psm_config
 
     cfg = get_cfg()
     add_sslseg_config(cfg)
     add_mmt_psm_config(cfg)
+    add_cks_config(cfg)
     return cfg
 
 

@@ -14,6 +14,11 @@ Datasets:
     isbi2014_edf_unlabeled                    16 real EDF images, images only
     miccai2015_nuclei_points                  15 H&E tiles, one centroid point per nucleus
     dsb2018_stardist_points                   one 512x512 fluorescence image (stardist example)
+    CKS (one class "cell", one point per cell; d2ext.cks):
+    isbi2014_cks_{train,test}                 whole cells (cytoplasm) of images 1-35 / 36-45 with
+                                              points from their nuclei (the paper's A431 setting)
+    miccai2015_nuclei_points_{train,test}     tiles 01-11 / 12-15, centroid points
+    synthetic_cks_{train,test}                synthetic cells with their nuclei's centroids
 """
 
 import functools
@@ -122,13 +127,14 @@ def _load_synthetic(name: str) -> List[Dict]:
 
 
 # ---- ISBI 2014 ------------------------------------------------------------------------------
-def _isbi2014_train45_files() -> Tuple[str, str]:
+def _isbi2014_train45_files(point_mode: str = "centroid") -> Tuple[str, str]:
     src = _source_dir("isbi2014_cervical/train45")
     from sslseg.datasets.isbi2014 import convert_isbi2014
 
+    key = "isbi2014_train45" + ("" if point_mode == "centroid" else f"_{point_mode}")
     return _cached(
-        _real_key("isbi2014_train45", src),
-        lambda out: convert_isbi2014(src, out / "isbi2014_train45.json"),
+        _real_key(key, src),
+        lambda out: convert_isbi2014(src, out / f"{key}.json", point_mode=point_mode),
     )
 
 
@@ -194,6 +200,49 @@ def _load_instance_map_set(name: str, sub: str, converter: str, **kwargs) -> Lis
     return load_coco_json_with_points(json_file, image_root, name)
 
 
+# ---- CKS sets: one class "cell" ----------------------------------------------------------------
+CKS_MICCAI2015_TRAIN = tuple(range(1, 12))  # image01..image11
+CKS_MICCAI2015_TEST = tuple(range(12, 16))  # image12..image15
+
+
+def cells_only(dicts: List[Dict], cell_id: int = 0, nucleus_id: Optional[int] = None) -> List[Dict]:
+    """Keep the ``category_id == cell_id`` (cytoplasm) annotations, as class 0 of a one-class set.
+
+    nucleus_id: give cell k of an image the point of the image's k-th ``nucleus_id`` annotation
+    (the synthetic generator writes cells, then their nuclei in the same order).
+    """
+    out = []
+    for d in dicts:
+        anns = d.get("annotations", [])
+        cells = [{**a, "category_id": 0} for a in anns if a["category_id"] == cell_id]
+        if nucleus_id is not None:
+            nuclei = [a for a in anns if a["category_id"] == nucleus_id]
+            assert len(nuclei) == len(
+                cells
+            ), f"{d['file_name']}: {len(cells)} cells but {len(nuclei)} nuclei; cannot pair them"
+            for c, n in zip(cells, nuclei):
+                c["point_coords"] = n["point_coords"]
+        out.append({**d, "annotations": cells})
+    return out
+
+
+def _load_isbi2014_cks(numbers) -> List[Dict]:
+    json_file, image_root = _isbi2014_train45_files(point_mode="nucleus")
+    dicts = load_coco_json_with_points(json_file, image_root)  # COCO ids: 1 cytoplasm
+    return cells_only(isbi2014_split(dicts, numbers), cell_id=1)
+
+
+def _load_synthetic_cks(parent: str) -> List[Dict]:
+    return cells_only(DatasetCatalog.get(parent), cell_id=0, nucleus_id=1)
+
+
+def _load_miccai2015_split(numbers) -> List[Dict]:
+    by_number = {_image_number(d): d for d in DatasetCatalog.get("miccai2015_nuclei_points")}
+    missing = sorted(set(numbers) - set(by_number))
+    assert not missing, f"MICCAI 2015 nuclei: images {missing} missing from the converted json"
+    return [by_number[n] for n in numbers]
+
+
 def _register(name: str, loader: Callable[[], List[Dict]], **metadata) -> None:
     DatasetCatalog.register(name, loader)
     MetadataCatalog.get(name).set(**metadata)
@@ -243,6 +292,21 @@ def register_all_builtin() -> None:
         ),
         **coco_cell,
     )
+    for split, numbers in (("train", ISBI2014_TRAIN_IMAGES), ("test", ISBI2014_TEST_IMAGES)):
+        _register(
+            f"isbi2014_cks_{split}", functools.partial(_load_isbi2014_cks, numbers), **coco_cell
+        )
+    for split, numbers in (("train", CKS_MICCAI2015_TRAIN), ("test", CKS_MICCAI2015_TEST)):
+        _register(
+            f"miccai2015_nuclei_points_{split}",
+            functools.partial(_load_miccai2015_split, numbers),
+            **coco_cell,
+        )
+    for split in ("train", "test"):
+        parent = f"synthetic_cells_{split}"
+        _register(
+            f"synthetic_cks_{split}", functools.partial(_load_synthetic_cks, parent), **coco_cell
+        )
 
 
 register_all_builtin()

@@ -2,8 +2,8 @@
 
 - :mod:`sslseg.metrics.semantic`: dice, jaccard, hd95, asd, compute_case_metrics,
   aggregate_cases, write_case_table (MONAI-based; imports torch and monai).
-- :mod:`sslseg.metrics.instance`: aji, aji_matched, lacss_ap, instance_dice, coco_map
-  (pycocotools-based).
+- :mod:`sslseg.metrics.instance`: aji, aji_matched, lacss_ap, instance_dice,
+  pooled_instance_dice, loiap, coco_map (pycocotools-based).
 
 Names are re-exported lazily so that importing one side does not import the other's libraries.
 """
@@ -21,7 +21,16 @@ _EXPORTS = {
         "aggregate_cases",
         "write_case_table",
     ),
-    "instance": ("to_rles", "aji", "aji_matched", "lacss_ap", "instance_dice", "coco_map"),
+    "instance": (
+        "to_rles",
+        "aji",
+        "aji_matched",
+        "lacss_ap",
+        "instance_dice",
+        "pooled_instance_dice",
+        "loiap",
+        "coco_map",
+    ),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

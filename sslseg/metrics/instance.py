@@ -1,4 +1,5 @@
-"""Instance segmentation metrics for cells: AJI, matched AJI, LACSS AP, object Dice, COCO mAP.
+"""Instance segmentation metrics for cells: AJI, matched AJI, LACSS AP, object Dice (per image and
+pooled as the LACSS paper), LoiAP (point-location AP), COCO mAP.
 
 Definitions and empty-case policy: docs/metrics.md.
 
@@ -35,13 +36,18 @@ __all__ = [
     "aji_matched",
     "lacss_ap",
     "instance_dice",
+    "pooled_instance_dice",
+    "loiap",
     "coco_map",
     "DEFAULT_AP_IOUS",
+    "DEFAULT_LOIAP_DISTANCES",
 ]
 
 Masks = Union[np.ndarray, Sequence[Mapping]]
 # 0.5, 0.75 and 0.5:0.95 step 0.05 (the last ten give "map")
 DEFAULT_AP_IOUS = (0.5, 0.75, *np.round(np.arange(0.5, 1.0, 0.05), 2).tolist())
+# LoiAP distance thresholds in pixels (LACSS validation: 5, 2, 1)
+DEFAULT_LOIAP_DISTANCES = (5.0, 2.0, 1.0)
 
 
 def to_rles(masks: Masks) -> List[dict]:
@@ -175,23 +181,117 @@ def instance_dice(gt_masks: Masks, pred_masks: Masks) -> float:
     return float(0.5 * (gt_term + pred_term))
 
 
-def _greedy_tps(iou: np.ndarray, thr: float) -> np.ndarray:
-    """iou (M preds sorted by score desc, N gts) -> (M,) bool: true positive at threshold thr."""
-    tps = np.zeros(iou.shape[0], bool)
-    free = np.ones(iou.shape[1], bool)
-    for k in range(iou.shape[0]):
+def pooled_instance_dice(per_image_list: Sequence[Mapping], score_threshold: float = 0.5) -> float:
+    """Instance Dice of the LACSS paper (eq. 15), pooled over all images.
+
+    Transcribes ``Dice`` of LACSS 0.4.4 ``experiments/livecell/eval.py``: predictions with
+    ``score >= score_threshold`` are kept; every gt G_i takes the kept prediction of largest
+    intersection (first on ties, in the given prediction order) and scores
+    ``2 |G_i ∩ S| / (|G_i| + |S|)``; every kept prediction S_j likewise takes the gt of largest
+    intersection. ``Dice = 0.5 * [sum_i |G_i| / sum|G| * dice_i + sum_j |S_j| / sum|S| * dice_j]``
+    where the sums run over the objects of **all** images: an object's weight is its area over the
+    whole set.
+
+    :func:`instance_dice` uses the same formula per image (weights normalised within the image)
+    and callers average the images, so an image of a few small cells counts as much as one of many
+    large cells; here big objects and crowded images weigh more. The two agree on one image.
+
+    Args:
+        per_image_list: one mapping per image with ``gt_masks`` (N, H, W) (or label map / RLEs),
+            ``pred_masks`` (M, H, W) (or RLEs) and ``scores`` (M,), as :func:`lacss_ap`.
+        score_threshold: minimum score of the predictions used (LACSS: 0.5).
+
+    Returns:
+        The Dice as a fraction; NaN with no gt and no kept prediction in any image, 0 with only
+        one side. (The reference fails on an image without gt or without kept predictions; here
+        their objects score 0, as objects overlapping nothing.)
+    """
+    gt_areas, pred_areas, gt_scores, pred_scores = [], [], [], []
+    for i, item in enumerate(per_image_list):
+        scores = np.asarray(item["scores"], dtype=np.float64).reshape(-1)
+        pred_rles = to_rles(item["pred_masks"])
+        assert len(scores) == len(
+            pred_rles
+        ), f"image {i}: {len(scores)} scores for {len(pred_rles)} predicted masks"
+        pred_rles = [r for r, s in zip(pred_rles, scores) if s >= score_threshold]
+        inter, gt_area, pred_area, _ = pairwise_overlaps(to_rles(item["gt_masks"]), pred_rles)
+        its = inter.T.astype(np.float64)  # (M, N): the reference's pred_its
+        gt_area, pred_area = gt_area.astype(np.float64), pred_area.astype(np.float64)
+        if its.size:
+            pred_best, pred_match = its.max(axis=1), its.argmax(axis=1)
+            pred_dice = _safe_div(pred_best * 2, pred_area + gt_area[pred_match])
+            gt_best, gt_match = its.max(axis=0), its.argmax(axis=0)
+            gt_dice = _safe_div(gt_best * 2, gt_area + pred_area[gt_match])
+        else:
+            pred_dice, gt_dice = np.zeros(len(pred_area)), np.zeros(len(gt_area))
+        gt_areas.append(gt_area)
+        pred_areas.append(pred_area)
+        gt_scores.append(gt_dice)
+        pred_scores.append(pred_dice)
+    gt_areas, pred_areas = np.concatenate([[]] + gt_areas), np.concatenate([[]] + pred_areas)
+    gt_scores, pred_scores = np.concatenate([[]] + gt_scores), np.concatenate([[]] + pred_scores)
+    if len(gt_areas) == 0 and len(pred_areas) == 0:
+        return math.nan
+    pred_term = (pred_areas / pred_areas.sum() * pred_scores).sum() if pred_areas.sum() else 0.0
+    gt_term = (gt_areas / gt_areas.sum() * gt_scores).sum() if gt_areas.sum() else 0.0
+    return float((pred_term + gt_term) / 2)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den == 0 (only for two empty masks, whose weight is 0 anyway)."""
+    return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den != 0)
+
+
+def _greedy_tps(sim: np.ndarray, thr: float, strict: bool = False) -> np.ndarray:
+    """Greedy unique matching (LACSS ``_unique_location_matching``).
+
+    Args:
+        sim: (M, N) similarity >= 0 (IoU, or 1/d^2 which may be inf), rows = predictions sorted
+            by score (descending), columns = gts.
+        thr: threshold; a prediction is a true positive iff its best still unmatched gt (first
+            on ties) has ``sim >= thr``, or ``sim > thr`` if ``strict`` (the LACSS code).
+
+    Returns:
+        (M,) bool: true positive at threshold thr.
+    """
+    tps = np.zeros(sim.shape[0], bool)
+    free = np.ones(sim.shape[1], bool)
+    for k in range(sim.shape[0]):
         if not free.any():
             break
-        cand = np.where(free, iou[k], -1.0)
+        cand = np.where(free, sim[k], -1.0)
         best = int(cand.argmax())
-        if cand[best] >= thr:
+        if (cand[best] > thr) if strict else (cand[best] >= thr):
             tps[k], free[best] = True, False
     return tps
+
+
+def _ranked_ap(
+    all_scores: List[np.ndarray], all_tps: List[np.ndarray], n_gt: int, n_thr: int
+) -> np.ndarray:
+    """Unsmoothed AP of predictions of all images ranked together.
+
+    Args:
+        all_scores: per image (M_i,) scores; all_tps: per image (M_i, T) bool, same order.
+        n_gt: number of gts over all images; n_thr: T.
+
+    Returns:
+        (T,) ``sum_k precision@k * tp_k / n_gt`` (stable ranking by descending score); NaN when
+        n_gt is 0.
+    """
+    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+    tps = np.concatenate(all_tps) if all_tps else np.zeros((0, n_thr), bool)
+    tps = tps[np.argsort(-scores, kind="stable")].astype(np.float64)
+    if n_gt == 0:
+        return np.full(n_thr, math.nan)
+    precision = np.cumsum(tps, axis=0) / np.arange(1, len(tps) + 1)[:, None]
+    return (precision * tps).sum(axis=0) / n_gt
 
 
 def lacss_ap(
     per_image_list: Sequence[Mapping],
     iou_thresholds: Sequence[float] = DEFAULT_AP_IOUS,
+    strict: bool = False,
 ) -> Dict[str, float]:
     """Unsmoothed average precision as in the LACSS papers.
 
@@ -199,10 +299,12 @@ def lacss_ap(
         per_image_list: one mapping per image with ``gt_masks`` (N, H, W) (or label map / RLEs),
             ``pred_masks`` (M, H, W) (or RLEs) and ``scores`` (M,).
         iou_thresholds: thresholds to score at.
+        strict: true positive iff IoU > thr, as the LACSS code (``lacss/metrics/ranked.py``);
+            default IoU >= thr.
 
     Within each image, predictions in descending score order take the still unmatched gt of
-    highest IoU if that IoU >= thr (true positive). All predictions of all images are then ranked
-    by score (stable: ties keep image, then in-image order) and
+    highest IoU if that IoU >= thr (> thr if ``strict``) (true positive). All predictions of all
+    images are then ranked by score (stable: ties keep image, then in-image order) and
     ``AP = sum_k precision@k * tp_k / n_gt`` (no interpolation).
 
     Returns:
@@ -220,19 +322,69 @@ def lacss_ap(
         order = np.argsort(-scores, kind="stable")
         iou = iou[:, order].T  # (M, N), score-sorted
         all_scores.append(scores[order])
-        all_tps.append(np.stack([_greedy_tps(iou, t) for t in thresholds], axis=1))
+        all_tps.append(np.stack([_greedy_tps(iou, t, strict) for t in thresholds], axis=1))
         n_gt += len(gt_area)
-    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
-    tps = np.concatenate(all_tps) if all_tps else np.zeros((0, len(thresholds)), bool)
-    tps = tps[np.argsort(-scores, kind="stable")].astype(np.float64)
-    if n_gt == 0:
-        aps = np.full(len(thresholds), math.nan)
-    else:
-        precision = np.cumsum(tps, axis=0) / np.arange(1, len(tps) + 1)[:, None]
-        aps = (precision * tps).sum(axis=0) / n_gt
+    aps = _ranked_ap(all_scores, all_tps, n_gt, len(thresholds))
     out = {f"ap@{t:.2f}": float(ap) for t, ap in zip(thresholds, aps)}
     out.update(_summary_aps(out))
     return out
+
+
+def _points(value, what: str, i: int) -> np.ndarray:
+    """Points of image i as a (K, 2) float64 array (an empty list gives (0, 2))."""
+    pts = np.asarray(value, dtype=np.float64)
+    if pts.size == 0:
+        pts = pts.reshape(0, 2)
+    assert pts.ndim == 2 and pts.shape[1] == 2, f"image {i}: {what} must be (K, 2), got {pts.shape}"
+    return pts
+
+
+def loiap(
+    per_image_list: Sequence[Mapping],
+    distance_thresholds: Sequence[float] = DEFAULT_LOIAP_DISTANCES,
+) -> Dict[str, float]:
+    """Location AP (LACSS ``LoiAP``, ``lacss/metrics/ranked.py``): AP of predicted points.
+
+    Within each image, predicted points in descending score order (stable) take the still
+    unmatched gt point of highest similarity ``1 / d^2`` (d = Euclidean distance; the nearest,
+    first on ties; d = 0 gives inf) and are true positives iff ``1 / d^2 > 1 / t^2`` (strict,
+    i.e. d < t). Predictions of all images are then ranked together and scored as
+    :func:`lacss_ap` (unsmoothed ``sum_k precision@k * tp_k / n_gt``). Needs no masks.
+
+    Differences from the reference, none on valid inputs: LACSS drops its -1 padding
+    (``score > 0``, gt points ``>= 0``; inputs here are unpadded, so every point counts), assumes
+    rows already score-sorted, ranks ties in an unspecified order (``np.argsort``) and fails on
+    an image without gt points (here its predictions are false positives).
+
+    Args:
+        per_image_list: one mapping per image with ``gt_points`` (N, 2), ``pred_points`` (M, 2)
+            (same coordinate order and units, e.g. xy pixels) and ``scores`` (M,).
+        distance_thresholds: distances t in the points' units.
+
+    Returns:
+        ``{"loiap<t>": ...}`` per threshold (``f"{t:g}"``: "loiap5", "loiap2", "loiap1" by
+        default) as fractions; NaN when there is no gt point at all.
+    """
+    thresholds = list(dict.fromkeys(float(t) for t in distance_thresholds))
+    assert all(t > 0 for t in thresholds), f"distance thresholds must be > 0, got {thresholds}"
+    sim_thresholds = [1 / t / t for t in thresholds]  # as LoiAP.__init__
+    all_scores, all_tps, n_gt = [], [], 0
+    for i, item in enumerate(per_image_list):
+        scores = np.asarray(item["scores"], dtype=np.float64).reshape(-1)
+        gt = _points(item["gt_points"], "gt_points", i)
+        pred = _points(item["pred_points"], "pred_points", i)
+        assert len(scores) == len(
+            pred
+        ), f"image {i}: {len(scores)} scores for {len(pred)} predicted points"
+        order = np.argsort(-scores, kind="stable")
+        dist2 = ((pred[order][:, None, :] - gt[None, :, :]) ** 2).sum(axis=-1)  # (M, N)
+        with np.errstate(divide="ignore"):
+            sim = 1.0 / dist2
+        all_scores.append(scores[order])
+        all_tps.append(np.stack([_greedy_tps(sim, t, strict=True) for t in sim_thresholds], axis=1))
+        n_gt += len(gt)
+    aps = _ranked_ap(all_scores, all_tps, n_gt, len(thresholds))
+    return {f"loiap{t:g}": float(ap) for t, ap in zip(thresholds, aps)}
 
 
 def _summary_aps(per_thr: Mapping[str, float]) -> Dict[str, float]:
