@@ -245,3 +245,39 @@ def test_coco_json_key_bad_entries_named(source, tmp_path):
         register_coco_json_datasets([f"synthetic_cells_train:{json_file}:{image_root}"])
     with pytest.raises(FileNotFoundError, match=r"annotation file not found: .*nope\.json"):
         register_coco_json_datasets([f"t_own_x:{tmp_path / 'nope.json'}"])
+
+
+# ---------------------------------------------------------------- point-only annotations (CKS)
+def test_point_only_annotation_accepted(source, tmp_path):
+    """An annotation with ``point_coords`` and no ``segmentation`` key loads (CKS point labels),
+    keeping its point and COCO id; an empty segmentation is still an error."""
+    json_file, image_root, data = _copy(source, tmp_path)
+    ann = data["annotations"][0]
+    del ann["segmentation"]
+    ann["point_coords"] = [[12.5, 20.5]]
+    dicts = _load(json_file, image_root, data)
+    loaded = next(a for d in dicts for a in d["annotations"] if a["id"] == ann["id"])
+    assert loaded["point_coords"] == [[12.5, 20.5]] and "segmentation" not in loaded
+    ann["segmentation"] = []
+    with pytest.raises(DatasetError, match=rf"annotation id {ann['id']} .*segmentation is empty"):
+        _load(json_file, image_root, data)
+
+
+def test_point_outside_image_named(source, tmp_path):
+    """A point outside its image (x = width is outside) names the file and the annotation id."""
+    json_file, image_root, data = _copy(source, tmp_path)
+    ann = data["annotations"][1]
+    del ann["segmentation"]
+    ann["point_coords"] = [[64.0, 10.0]]
+    file_name = next(i["file_name"] for i in data["images"] if i["id"] == ann["image_id"])
+    with pytest.raises(DatasetError) as e:
+        _load(json_file, image_root, data)
+    msg = str(e.value)
+    assert (
+        f"annotation id {ann['id']} (image {file_name}): point (64, 10) outside the 64x64 image"
+        in msg
+    )
+    assert "cells.json" in msg
+    ann["point_coords"] = [10.0, 10.0]  # not a list of pairs
+    with pytest.raises(DatasetError, match=rf"annotation id {ann['id']} .*not a list of \[x, y\]"):
+        _load(json_file, image_root, data)

@@ -9,8 +9,8 @@
 ``--config-file`` is a run's ``OUTPUT_DIR/config.yaml`` (or any project config); ``--weights``
 defaults to ``model_final.pth`` beside it, else ``MODEL.WEIGHTS``. Trailing ``KEY VALUE`` pairs
 (after the inputs) override the config. Every meta-architecture the project ships works: Mask R-CNN
-(``GeneralizedRCNN``) and MMT-PSM (``--model teacher`` or ``student``; default: the config's
-``MODEL.MMT_PSM.EVAL_MODEL``).
+(``GeneralizedRCNN``), MMT-PSM (``--model teacher`` or ``student``; default: the config's
+``MODEL.MMT_PSM.EVAL_MODEL``) and LACSS (CKS; one class, the principal network).
 
 ``--input``: folders (their image files, not recursive), globs (``**`` recursive), text files
 listing one image path per line (relative to the list's folder; blank and ``#`` lines skipped), or
@@ -26,13 +26,17 @@ Written under ``--output`` (atomically; existing files are never replaced withou
 
 - ``predictions.json``: COCO instances json: ``images`` (``file_name`` as given), ``categories``
   (class names of the config's datasets when registered, else ``class_<k>``), ``annotations``
-  with ``score``, ``bbox`` (XYWH), ``segmentation`` (RLE), ``area`` and ``label_value``;
+  with ``score``, ``bbox`` (XYWH), ``segmentation`` (RLE), ``area``, ``label_value`` and, for
+  models that predict a location per instance (LACSS's ``pred_locations``), ``point`` [x, y]
+  (pixels of the input image);
 - ``labels/<stem>.png``: 16-bit instance label map, 0 = background, pixel value = the
   annotation's ``label_value`` (1.. by decreasing score; where instances overlap the higher score
   wins);
 - ``overlays/<stem>.png``: the image with the drawn predictions.
 
-Detections with score >= ``--score-thresh`` are kept.
+Detections with score >= ``--score-thresh`` are kept (the model's own test threshold,
+``MODEL.ROI_HEADS.SCORE_THRESH_TEST`` or LACSS's ``MODEL.CKS.DETECTOR.MIN_SCORE_TEST``, is lowered
+to it when higher).
 """
 
 import argparse
@@ -54,6 +58,7 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 import d2ext  # noqa: F401  (registers datasets and models)
+from d2ext.cks import LACSS
 from d2ext.config import build_cfg
 from d2ext.data import DatasetError, setup_datasets
 from d2ext.data.image_io import open_image, read_image
@@ -181,8 +186,18 @@ def setup_cfg(args):
         cfg.MODEL.MMT_PSM.EVAL_MODEL = args.model
     rh = cfg.MODEL.ROI_HEADS
     rh.SCORE_THRESH_TEST = min(rh.SCORE_THRESH_TEST, args.score_thresh)
+    det = cfg.MODEL.CKS.DETECTOR  # LACSS
+    det.MIN_SCORE_TEST = min(det.MIN_SCORE_TEST, args.score_thresh)
     cfg.freeze()
     return cfg
+
+
+def num_classes(cfg) -> int:
+    """Classes the model predicts: 1 for LACSS (one "cell" class, ``pred_classes`` 0), else
+    ``MODEL.ROI_HEADS.NUM_CLASSES``."""
+    if issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), LACSS):
+        return 1
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
 def _metadata(cfg):
@@ -193,7 +208,7 @@ def _metadata(cfg):
         logger.warning(f"class names of DATASETS.COCO_JSON unavailable ({e}): class_<k> used")
     for name in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
         meta = MetadataCatalog.get(name)
-        if len(meta.get("thing_classes", [])) == cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        if len(meta.get("thing_classes", [])) == num_classes(cfg):
             return meta
     return None
 
@@ -233,6 +248,7 @@ def label_map(masks: np.ndarray) -> np.ndarray:
 
 def _annotations(instances, image_id: int, first_id: int, categories) -> List[Dict]:
     masks = instances.pred_masks.numpy()
+    points = instances.pred_locations.tolist() if instances.has("pred_locations") else None
     anns = []
     for k in range(len(instances)):
         rle = mask_util.encode(np.asfortranarray(masks[k].astype(np.uint8)))
@@ -251,6 +267,8 @@ def _annotations(instances, image_id: int, first_id: int, categories) -> List[Di
                 "label_value": k + 1,
             }
         )
+        if points is not None:
+            anns[-1]["point"] = [float(v) for v in points[k]]
     return anns
 
 
@@ -290,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     except PredictError as e:
         _fail(str(e))
     meta = _metadata(cfg)
-    categories = _categories(meta, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    categories = _categories(meta, num_classes(cfg))
     images, annotations = [], []
     for image_id, path in enumerate(tqdm(paths, desc="predict", unit="image"), start=1):
         bgr = read_image(path, format="BGR")

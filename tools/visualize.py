@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Visualise a checkpoint of any shipped model: ground truth and predictions on a labeled set;
 for MMT-PSM also the teacher and the student, and the teacher's pseudo-labels on unlabeled images
-(what the PSM and MGD losses are trained with).
+(what the PSM and MGD losses are trained with); for LACSS (CKS) the ground-truth points, the
+principal's instances and the collaborator's foreground / border maps.
 
     python tools/visualize.py --config-file configs/supervised/isbi2014_cells.yaml \\
         --weights output/supervised/isbi2014_cells/model_final.pth --num-images 4
     python tools/visualize.py --config-file configs/mmt_psm/synthetic_cells_demo.yaml \\
         --weights W --output vis/ --score-thresh 0.3 --dataset synthetic_cells_test \\
         --unlabeled-dataset synthetic_cells_unlabeled  MODEL.DEVICE cpu   # trailing: cfg opts
+    python tools/visualize.py --config-file configs/cks/synthetic_demo.yaml --weights W \\
+        --dataset synthetic_cks_train --num-images 1 --output vis/
 
 ``tools/visualize_mmt_psm.py`` is the same tool under its former name. Writes, under
 ``--output`` (default ``OUTPUT_DIR/visualize``), one PNG per image:
@@ -15,6 +18,13 @@ for MMT-PSM also the teacher and the student, and the teacher's pseudo-labels on
 - ``<dataset>/<k>_<stem>_predictions.png`` for the first N images of ``--dataset`` (default
   ``DATASETS.TEST[0]``), panels at the original image size: ground truth | predictions (MMT-PSM:
   teacher predictions | student predictions), detections with score >= ``--score-thresh``;
+- LACSS (CKS) instead: ``<dataset>/<k>_<stem>_cks.png``, four panels at the original size (usually
+  on a training set: ``--dataset synthetic_cks_train``): the image with its ground-truth points |
+  the principal's instances (mask outlines, predicted locations as crosses, score >=
+  ``--score-thresh``) | the collaborator's foreground probability | its border probability (on the
+  standardised image at model scale, ``INPUT.CKS.SCALE``); a ``MODE: supervised`` model has no
+  collaborator (the last two panels say so). Images are read by detectron2's test mapper, as in
+  evaluation (:mod:`d2ext.cks.visualize`);
 - MMT-PSM only: ``<unlabeled-dataset>/<k>_<stem>_pseudo_labels.png`` for the first N images of
   ``--unlabeled-dataset`` (default ``DATASETS.TRAIN_UNLABELED[0]``), mapped by ``KViewMapper`` (at
   the training size, seeded by ``--seed``). Top row: teacher view 0 with the teacher's detections
@@ -24,8 +34,8 @@ for MMT-PSM also the teacher and the student, and the teacher's pseudo-labels on
   (union of the pseudo masks) on the clean image. Bottom row: every teacher view, then every
   student view, as the networks see them (colour jitter, erasing, flips).
 
-The drawing is :mod:`d2ext.mmt_psm.visualize` (shared by every model); this file is its command
-line. Every panel has a
+The drawing is :mod:`d2ext.mmt_psm.visualize` (shared by every model) and
+:mod:`d2ext.cks.visualize` (LACSS); this file is their command line. Every panel has a
 title bar. Files are written atomically; their paths are printed. The config is
 built as in ``tools/train_net.py`` (without ``default_setup``: nothing is written to OUTPUT_DIR
 except the PNGs, which go under it only by default).
@@ -44,6 +54,8 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import d2ext  # noqa: F401  (registers datasets and models)
+from d2ext.cks import LACSS
+from d2ext.cks.visualize import render_cks
 from d2ext.config import build_cfg
 from d2ext.data import setup_datasets
 from d2ext.mmt_psm import MMTPSMRCNN, KViewMapper
@@ -90,6 +102,8 @@ def setup_cfg(args):
     # keep every prediction the drawing threshold asks for
     rh = cfg.MODEL.ROI_HEADS
     rh.SCORE_THRESH_TEST = min(rh.SCORE_THRESH_TEST, args.score_thresh)
+    det = cfg.MODEL.CKS.DETECTOR  # LACSS
+    det.MIN_SCORE_TEST = min(det.MIN_SCORE_TEST, args.score_thresh)
     cfg.freeze()
     setup_datasets(cfg)  # data root, image reader, DATASETS.COCO_JSON
     return cfg
@@ -148,9 +162,16 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     written = []
     if dataset and args.num_images:
         test_mapper = DatasetMapper(cfg, is_train=False)
+        is_lacss = isinstance(model, LACSS)
         for k, d in enumerate(DatasetCatalog.get(dataset)[: args.num_images]):
-            fig = render_predictions(cfg, model, test_mapper, d, metadata, args.score_thresh, note)
-            path = out_name(out_dir, dataset, k, d["file_name"], "predictions")
+            if is_lacss:  # gt points | principal | collaborator fg | border
+                fig = render_cks(cfg, model, test_mapper, d, args.score_thresh, note)
+            else:
+                fig = render_predictions(
+                    cfg, model, test_mapper, d, metadata, args.score_thresh, note
+                )
+            kind = "cks" if is_lacss else "predictions"
+            path = out_name(out_dir, dataset, k, d["file_name"], kind)
             written.append(write_png(path, fig))
             print(written[-1], flush=True)
     elif not dataset:

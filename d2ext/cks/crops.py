@@ -84,15 +84,28 @@ def crop_from_image(
     inside = inside_mask(origins, crop_size, height, width)
     rr = rows.clamp(0, height - 1)[:, :, None]
     cc = cols.clamp(0, width - 1)[:, None, :]
-    if image.dim() == 2:
-        vals = image[rr, cc]
-    else:
+    lin = rr * width + cc
+    if image.dim() == 3:
         assert (
-            image.dim() == 3 and image.shape[0] == origins.shape[0]
+            image.shape[0] == origins.shape[0]
         ), f"image {tuple(image.shape)} needs one plane per window ({origins.shape[0]})"
-        idx = torch.arange(origins.shape[0], device=image.device)[:, None, None]
-        vals = image[idx, rr, cc]
+        plane = torch.arange(origins.shape[0], device=image.device)[:, None, None]
+        lin = lin + plane * (height * width)
+    vals = _take(image.reshape(-1), lin)
     return torch.where(inside, vals, torch.full((), fill, dtype=vals.dtype, device=vals.device))
+
+
+# Gathers and scatter-adds through index_select / index_add_ on flat tensors: advanced-index
+# gathers accumulate their gradient (and index_put(accumulate=True) its sum) in a thread-dependent
+# order on CPU; index_add_ is serial there, so training steps are bitwise reproducible (resume).
+def _take(flat: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
+    """``flat[lin]`` for a 1-D ``flat`` and long indices ``lin`` of any shape."""
+    return flat.index_select(0, lin.reshape(-1)).view(lin.shape)
+
+
+def _accumulate(values: torch.Tensor, lin: torch.Tensor, size: int) -> torch.Tensor:
+    """1-D canvas of ``size`` with ``values`` summed at the flat indices ``lin`` (same shape)."""
+    return values.new_zeros(size).index_add(0, lin.reshape(-1), values.reshape(-1))
 
 
 def _padded_indices(origins: torch.Tensor, crop_size: int, height: int, width: int):
@@ -119,9 +132,9 @@ def paste_sum(values: torch.Tensor, origins: torch.Tensor, height: int, width: i
     """
     S = values.shape[-1]
     rows, cols = _padded_indices(origins, S, height, width)
-    canvas = values.new_zeros(height + 2 * S, width + 2 * S)
-    canvas = canvas.index_put((rows, cols), values, accumulate=True)
-    return canvas[S : S + height, S : S + width]
+    wc = width + 2 * S
+    canvas = _accumulate(values, rows * wc + cols, (height + 2 * S) * wc)
+    return canvas.view(height + 2 * S, wc)[S : S + height, S : S + width]
 
 
 def paste_max(
@@ -167,6 +180,5 @@ def window_sum(values: torch.Tensor, origins: torch.Tensor) -> torch.Tensor:
     extent = (origins.long().max(dim=0).values - top_left + S).tolist()
     rows, cols = window_indices(origins.long() - top_left, S)
     rows, cols = rows[:, :, None], cols[:, None, :]
-    canvas = values.new_zeros(extent[0], extent[1])
-    canvas = canvas.index_put((rows, cols), values, accumulate=True)
-    return canvas[rows, cols]
+    lin = rows * extent[1] + cols
+    return _take(_accumulate(values, lin, extent[0] * extent[1]), lin)

@@ -151,8 +151,9 @@ class LACSS(nn.Module):
         shapes = backbone.output_shape()
         need = set(c.LPN.IN_FEATURES) | {c.SEGMENTOR.IN_FEATURE}
         assert need <= set(shapes), (
-            f"MODEL.CKS.LPN.IN_FEATURES / SEGMENTOR.IN_FEATURE name {sorted(need - set(shapes))}, "
-            f"which the backbone {cfg.MODEL.BACKBONE.NAME} does not output ({sorted(shapes)})"
+            f"MODEL.CKS.LPN.IN_FEATURES {list(c.LPN.IN_FEATURES)} / MODEL.CKS.SEGMENTOR.IN_FEATURE "
+            f"{c.SEGMENTOR.IN_FEATURE!r} name {sorted(need - set(shapes))}, which the backbone "
+            f"{cfg.MODEL.BACKBONE.NAME} does not output ({sorted(shapes)})"
         )
         assert shapes[c.SEGMENTOR.IN_FEATURE].stride == 4, (
             f"MODEL.CKS.SEGMENTOR.IN_FEATURE {c.SEGMENTOR.IN_FEATURE!r} has stride "

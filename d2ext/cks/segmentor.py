@@ -61,8 +61,12 @@ def gather_patches(
     cols = origins[:, 1:2] + offs
     rows_c = rows.clamp(0, height - 1)
     cols_c = cols.clamp(0, width - 1)
-    fmap_hwc = fmap.permute(0, 2, 3, 1)  # (B, H, W, C)
-    patches = fmap_hwc[batch_idx[:, None, None], rows_c[:, :, None], cols_c[:, None, :]]
+    # index_select (backward: index_add_, serial on CPU) rather than advanced indexing, whose
+    # backward accumulates duplicate indices in a thread-dependent order: exact resume needs
+    # bitwise-reproducible gradients
+    flat = fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])  # (B*H*W, C)
+    lin = (batch_idx[:, None, None] * height + rows_c[:, :, None]) * width + cols_c[:, None, :]
+    patches = flat.index_select(0, lin.reshape(-1)).view(*lin.shape, fmap.shape[1])
     if padding == "zeros":
         valid = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[
             :, None, :

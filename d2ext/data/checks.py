@@ -11,7 +11,10 @@ file is missing, truncated or unreadable (PNG: chunk CRCs verified; other format
 its size differs from the json's ``height``/``width``; an annotation's ``image_id`` is not an
 image, its ``category_id`` is not one of ``categories`` (label out of range), its
 ``segmentation`` is empty (``[]``, ``{}``, or no polygon with 3 points), or its polygon lies
-entirely outside the image, or its RLE ``size`` is not the image's.
+entirely outside the image, or its RLE ``size`` is not the image's; its ``point_coords`` is not a
+list of ``[x, y]`` pairs, or a point lies outside the image (``0 <= x < width``,
+``0 <= y < height``). A point-only annotation (``point_coords`` and no ``segmentation`` key, as
+CKS's point labels) is accepted; one with neither is "segmentation is empty".
 Warning (with the count): polygons partly outside the image (clipped to it when rasterised).
 """
 
@@ -76,6 +79,20 @@ def _segmentation_problem(segm, h: int, w: int, partly_outside: List[int], ann_i
     return ""
 
 
+def _point_problem(points, h: int, w: int) -> str:
+    """'' when ``points`` is a list of [x, y] pairs inside the (h, w) image, else the problem."""
+    try:
+        xy = np.asarray(points, np.float64)
+    except (TypeError, ValueError):
+        xy = None
+    if xy is None or xy.ndim != 2 or xy.shape[1] != 2 or not len(xy):
+        return f"point_coords {points!r} is not a list of [x, y] pairs"
+    for x, y in xy:
+        if not (0 <= x < w and 0 <= y < h):
+            return f"point ({x:g}, {y:g}) outside the {w}x{h} image"
+    return ""
+
+
 def check_coco_dataset(json_file: str, image_root: str, data: Dict = None) -> None:
     """Check ``json_file`` (a COCO instances json, optionally already parsed as ``data``) and
     the images under ``image_root`` it lists; raise :class:`DatasetError` naming every bad record
@@ -113,11 +130,16 @@ def check_coco_dataset(json_file: str, image_root: str, data: Dict = None) -> No
                 f"{where}: category_id {ann.get('category_id')} not in the categories "
                 f"{category_ids}"
             )
-        problem = _segmentation_problem(
-            ann.get("segmentation"), img["height"], img["width"], partly_outside, ann_id
-        )
-        if problem:
-            problems.append(f"{where}: {problem}")
+        if "segmentation" in ann or "point_coords" not in ann:  # point-only: no mask to check
+            problem = _segmentation_problem(
+                ann.get("segmentation"), img["height"], img["width"], partly_outside, ann_id
+            )
+            if problem:
+                problems.append(f"{where}: {problem}")
+        if "point_coords" in ann:
+            problem = _point_problem(ann["point_coords"], img["height"], img["width"])
+            if problem:
+                problems.append(f"{where}: {problem}")
     if partly_outside:
         logger.warning(
             f"{json_file}: {len(partly_outside)} polygons partly outside their image (clipped "

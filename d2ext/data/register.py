@@ -2,7 +2,10 @@
 
 Point annotations follow detectron2's ``projects/PointSup``: each annotation may carry
 ``point_coords`` ``[[x, y], ...]`` (float pixels) and ``point_labels`` ``[1, ...]``; they are kept
-in the dataset dicts by ``load_coco_json(..., extra_annotation_keys=...)``.
+in the dataset dicts by ``load_coco_json(..., extra_annotation_keys=...)``, with the annotation's
+COCO ``id`` (so that checks of the dicts, e.g. :func:`d2ext.cks.check_cks_dicts`, name it).
+An annotation may have points and no ``segmentation`` (point-only labels, CKS); detectron2's
+``load_coco_json`` then leaves the key out of its dict.
 """
 
 import os
@@ -14,11 +17,13 @@ from detectron2.data.datasets import load_coco_json
 from .checks import DatasetError, check_coco_dataset, read_json
 from .image_io import open_image
 
-POINT_KEYS = ["point_coords", "point_labels"]
+# extra annotation keys kept; "id" is ignored by detectron2's mappers and evaluators (which
+# renumber annotations when they write a COCO json)
+POINT_KEYS = ["point_coords", "point_labels", "id"]
 
 
 def load_coco_json_with_points(json_file, image_root, dataset_name=None) -> List[Dict]:
-    """``load_coco_json`` keeping the PointSup keys ``point_coords``/``point_labels``, after
+    """``load_coco_json`` keeping ``point_coords``/``point_labels`` and ``id`` (POINT_KEYS), after
     :func:`~d2ext.data.checks.check_coco_dataset` (bad records: a DatasetError naming them)."""
     check_coco_dataset(str(json_file), str(image_root))
     return load_coco_json(json_file, image_root, dataset_name, extra_annotation_keys=POINT_KEYS)

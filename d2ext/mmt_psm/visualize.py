@@ -14,7 +14,9 @@ Used by ``tools/visualize.py`` (the command line: config, datasets, output folde
   networks see them (colour jitter, erasing, flips).
 
 Figures are BGR uint8 arrays (H, W, 3); every panel has a title bar of ``TITLE_H`` pixels and
-panels are ``GAP`` pixels apart. :func:`write_png` writes them atomically.
+panels are ``GAP`` pixels apart. :func:`write_png` writes them atomically. LACSS (CKS) has its own
+figure, :mod:`d2ext.cks.visualize`, built from the same panels; :func:`load_weights` also warns
+when a LACSS checkpoint lacks the collaborator.
 """
 
 from pathlib import Path
@@ -31,6 +33,7 @@ from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
+from d2ext.cks.meta_arch import LACSS
 from d2ext.data.image_io import read_image
 from sslseg.io import write_png_atomic
 
@@ -59,15 +62,23 @@ class _KeyReportingCheckpointer(DetectionCheckpointer):
 
 
 def load_weights(model: GeneralizedRCNN, weights: str) -> List[str]:
-    """Load ``weights`` into ``model``; return warnings about an MMT-PSM teacher (empty when fine
-    or not MMT-PSM)."""
+    """Load ``weights`` into ``model``; return warnings about an MMT-PSM teacher or a LACSS
+    collaborator missing from the checkpoint (empty when fine or another model)."""
     checkpointer = _KeyReportingCheckpointer(model)
     checkpointer.load(weights)
     warnings = []
-    if not isinstance(model, MMTPSMRCNN):
-        return warnings
     inc = checkpointer.incompatible
     missing = list(inc.missing_keys) if inc is not None else []
+    if isinstance(model, LACSS) and model.collaborator is not None:
+        collab_missing = [k for k in missing if k.startswith("collaborator.")]
+        if collab_missing:
+            warnings.append(
+                f"{weights}: {len(collab_missing)} collaborator parameters missing (e.g. "
+                f"{collab_missing[0]}): a MODEL.CKS.MODE supervised checkpoint? The collaborator "
+                f"panels show a randomly initialised network."
+            )
+    if not isinstance(model, MMTPSMRCNN):
+        return warnings
     teacher_missing = [k for k in missing if k.startswith("teacher.")]
     if teacher_missing:
         warnings.append(
