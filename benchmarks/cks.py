@@ -47,7 +47,7 @@ DENSE_DATASET = "miccai2015_nuclei_points_test"  # image12 first
 
 
 def add_arguments(parser):
-    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--warmup-frac", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--timing-rounds", type=int, default=3)
