@@ -24,7 +24,8 @@ Speed (one process, alternating rounds, median):
   ``DETECTIONS_PER_IMAGE`` = n); untrained weights (the time does not depend on them once the
   detection count is fixed). Target 0.5 (paper: 11.6 vs 1.2 fps on a V100).
 - ``step_vs_supervised``: a CKS training step / a supervised LACSS step on the same mapped ISBI
-  image (AdamW). Target 1.3 (the paper: the collaborator adds very little).
+  image (AdamW), the benchmark's model. Target 1.3 (the paper: the collaborator adds very
+  little). ``budget.step_seconds_paper_model``: the same with the paper-size principal.
 """
 
 import json
@@ -44,10 +45,17 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "cks" / "isbi2014_cpu.yaml"
 MASKRCNN_CONFIG = REPO / "configs" / "supervised" / "synthetic_cells_demo.yaml"
 DENSE_DATASET = "miccai2015_nuclei_points_test"  # image12 first
+# configs/cks/Base-LACSS.yaml's model (ConvNeXt-small, FPN / LPN / segmentor 384)
+PAPER_MODEL = [
+    "MODEL.BACKBONE.NAME", "build_lacss_convnext_backbone",
+    "MODEL.LACSS_FPN.OUT_CHANNELS", "384",
+    "MODEL.CKS.LPN.CONV_DIMS", "[384, 384, 384, 384]",
+    "MODEL.CKS.SEGMENTOR.CONV_DIMS", "[384, 384, 384]",
+]  # fmt: skip
 
 
 def add_arguments(parser):
-    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--iterations", type=int, default=3000)
     parser.add_argument("--warmup-frac", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--timing-rounds", type=int, default=3)
@@ -198,8 +206,9 @@ def inference_times(rounds: int, seed: int = 0):
     )
 
 
-def step_times(rounds: int, seed: int = 0):
-    """Median seconds of a CKS and a supervised LACSS training step on the same image."""
+def step_times(rounds: int, seed: int = 0, opts=()):
+    """Median seconds of a CKS and a supervised LACSS training step on the same image
+    (``opts``: config overrides, e.g. the paper-size model)."""
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
@@ -210,7 +219,7 @@ def step_times(rounds: int, seed: int = 0):
     steps = {}
     batch = None
     for mode in ("points", "supervised"):
-        cfg = build_cfg(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.CKS.MODE", mode])
+        cfg = build_cfg(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.CKS.MODE", mode, *opts])
         torch.manual_seed(seed)
         model = build_model(cfg).train()
         opt = CKSTrainer.build_optimizer(cfg, model)
@@ -282,6 +291,9 @@ def run(args):
     ]
     t_lacss, t_mrcnn, dense = inference_times(args.timing_rounds, seeds[0])
     s_cks, s_sup = step_times(args.timing_rounds, seeds[0])
+    # the same with the paper-size principal (ConvNeXt-small, 384 channels): the collaborator's
+    # cost is fixed, so its share depends on the principal's size
+    s_cks_paper, s_sup_paper = step_times(1, seeds[0], PAPER_MODEL)
     ours, baseline = _mean(runs, "cks"), _mean(runs, "supervised")
     disk = {k: statistics.fmean(d[k] for d in disks) for k in disks[0]}
     return {
@@ -309,6 +321,11 @@ def run(args):
             "dense_image": dense,
             "inference_seconds": {"lacss": t_lacss, "maskrcnn": t_mrcnn},
             "step_seconds": {"cks": s_cks, "supervised": s_sup},
+            "step_seconds_paper_model": {
+                "cks": s_cks_paper,
+                "supervised": s_sup_paper,
+                "ratio": s_cks_paper / s_sup_paper,
+            },
             "overrides": opts,
         },
         "metrics": ours,

@@ -30,6 +30,20 @@ TORCHRUN_2 = (
 )
 
 
+# CKS: configs/cks/synthetic_demo.yaml shrunk to seconds per step (tests/test_cks_*.py)
+CKS_DEMO = Path(__file__).resolve().parent.parent / "configs" / "cks" / "synthetic_demo.yaml"
+CKS_TINY = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.LACSS_FPN.OUT_CHANNELS", "16",
+    "MODEL.CKS.LPN.CONV_DIMS", "[16]",
+    "MODEL.CKS.SEGMENTOR.CONV_DIMS", "[16]",
+    "MODEL.CKS.SEGMENTOR.MIX_DIM", "8",
+    "MODEL.CKS.COLLABORATOR.FG_UNET", "[4, 8]",
+    "MODEL.CKS.COLLABORATOR.BORDER_CNN", "[4]",
+    "DATALOADER.NUM_WORKERS", "0",
+]  # fmt: skip
+
+
 def load_tool(name: str):
     """``tools/<name>.py`` imported as a module (the tools are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")

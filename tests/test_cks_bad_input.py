@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import CKS_DEMO, CKS_TINY
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
@@ -21,17 +22,8 @@ from d2ext.config import build_cfg
 from d2ext.data import DatasetError
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "configs" / "cks" / "synthetic_demo.yaml"
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.LACSS_FPN.OUT_CHANNELS", "16",
-    "MODEL.CKS.LPN.CONV_DIMS", "[16]",
-    "MODEL.CKS.SEGMENTOR.CONV_DIMS", "[16]",
-    "MODEL.CKS.SEGMENTOR.MIX_DIM", "8",
-    "MODEL.CKS.COLLABORATOR.FG_UNET", "[4, 8]",
-    "MODEL.CKS.COLLABORATOR.BORDER_CNN", "[4]",
-    "DATALOADER.NUM_WORKERS", "0",
-]  # fmt: skip
+DEMO = CKS_DEMO
+TINY = CKS_TINY
 
 
 def _cfg(*opts):

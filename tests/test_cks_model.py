@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CKS_DEMO, CKS_TINY
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
@@ -22,17 +23,8 @@ from d2ext.config import build_cfg
 from d2ext.data import DatasetError
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "configs" / "cks" / "synthetic_demo.yaml"
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.LACSS_FPN.OUT_CHANNELS", "16",
-    "MODEL.CKS.LPN.CONV_DIMS", "[16]",
-    "MODEL.CKS.SEGMENTOR.CONV_DIMS", "[16]",
-    "MODEL.CKS.SEGMENTOR.MIX_DIM", "8",
-    "MODEL.CKS.COLLABORATOR.FG_UNET", "[4, 8]",
-    "MODEL.CKS.COLLABORATOR.BORDER_CNN", "[4]",
-    "DATALOADER.NUM_WORKERS", "0",
-]  # fmt: skip
+DEMO = CKS_DEMO
+TINY = CKS_TINY
 
 
 def _cfg(*opts):

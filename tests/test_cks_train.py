@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CKS_DEMO, CKS_TINY
 
 import d2ext  # noqa: F401  (registers datasets, models)
 from d2ext.cks import CKSTrainer
@@ -20,17 +21,9 @@ from d2ext.config import build_cfg
 from d2ext.engine import trainer_class
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "configs" / "cks" / "synthetic_demo.yaml"
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.LACSS_FPN.OUT_CHANNELS", "16",
-    "MODEL.CKS.LPN.CONV_DIMS", "[16]",
-    "MODEL.CKS.SEGMENTOR.CONV_DIMS", "[16]",
-    "MODEL.CKS.SEGMENTOR.MIX_DIM", "8",
-    "MODEL.CKS.COLLABORATOR.FG_UNET", "[4, 8]",
-    "MODEL.CKS.COLLABORATOR.BORDER_CNN", "[4]",
+DEMO = CKS_DEMO
+TINY = CKS_TINY + [
     "INPUT.CKS.SCALE", "0.5",
-    "DATALOADER.NUM_WORKERS", "0",
     "SOLVER.MAX_ITER", "4",
     "SOLVER.CHECKPOINT_PERIOD", "2",
     "MODEL.CKS.LOSS.WARMUP_ITERS", "2",  # iterations 0-1 warm-up, 2-3 after

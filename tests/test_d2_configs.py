@@ -21,6 +21,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
 import d2ext  # noqa: F401  (registers datasets, meta-architectures and trainers)
+from d2ext.cks import LACSS, CKSDatasetMapper, CKSTrainer
 from d2ext.config import build_cfg, default_cfg
 from d2ext.engine import TRAINER_REGISTRY, EMATeacherHook, Trainer, trainer_class
 from d2ext.mmt_psm import MMTPSMRCNN, KViewMapper, MMTPSMTrainer, UnsupWeightHook, unsup_weight
@@ -66,7 +67,11 @@ def test_config_loads_builds_and_names_registered_datasets(path):
     model = build_model(cfg)
     arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     assert type(model) is arch, f"{_name(path)}: built {type(model).__name__}, expected {arch}"
-    expected = MMTPSMTrainer if isinstance(model, MMTPSMRCNN) else Trainer
+    expected = (
+        CKSTrainer
+        if isinstance(model, LACSS)
+        else MMTPSMTrainer if isinstance(model, MMTPSMRCNN) else Trainer
+    )
     assert trainer is expected, f"{_name(path)}: trainer {trainer.__name__}, expected {expected}"
     n = sum(p.numel() for p in model.parameters())
     assert n > 1e6, f"{_name(path)}: {n} parameters"
@@ -104,9 +109,17 @@ def _normalise(v):
     return tuple(v) if isinstance(v, list) else v
 
 
-@pytest.mark.parametrize("cls", [MMTPSMRCNN, KViewMapper], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [MMTPSMRCNN, KViewMapper, LACSS, CKSDatasetMapper], ids=lambda c: c.__name__
+)
 def test_from_config_of_the_default_config_equals_the_signature_defaults(cls):
-    filled = cls.from_config(_cpu_cfg())
+    # LACSS needs its backbone (p2..p5) and its LPN instead of detectron2's defaults
+    lacss = {
+        "MODEL.BACKBONE.NAME": "build_lacss_resnet_backbone",
+        "MODEL.PROPOSAL_GENERATOR.NAME": "LPN",
+    }
+    lacss = lacss if cls is LACSS else {}
+    filled = cls.from_config(_cpu_cfg(**lacss))
     defaults = _signature_defaults(cls.__init__)
     checked = sorted(set(filled) & set(defaults))
     assert len(checked) >= 10, f"{cls.__name__}: only {checked} compared"

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import load_tool
+from conftest import CKS_DEMO, CKS_TINY, load_tool
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 
@@ -26,18 +26,10 @@ from d2ext.mmt_psm import visualize as vis
 from sslseg.datasets.synthetic import make_unlabeled_cells
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "configs" / "cks" / "synthetic_demo.yaml"
+DEMO = CKS_DEMO
 DATASET = "synthetic_cks_train"
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.LACSS_FPN.OUT_CHANNELS", "16",
-    "MODEL.CKS.LPN.CONV_DIMS", "[16]",
-    "MODEL.CKS.SEGMENTOR.CONV_DIMS", "[16]",
-    "MODEL.CKS.SEGMENTOR.MIX_DIM", "8",
-    "MODEL.CKS.COLLABORATOR.FG_UNET", "[4, 8]",
-    "MODEL.CKS.COLLABORATOR.BORDER_CNN", "[4]",
+TINY = CKS_TINY + [
     "MODEL.CKS.DETECTOR.MAX_OUTPUT_TEST", "6",  # a random LPN scores high everywhere
-    "DATALOADER.NUM_WORKERS", "0",
 ]  # fmt: skip
 SUPERVISED = ["MODEL.CKS.MODE", "supervised"]
 

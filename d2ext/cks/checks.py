@@ -9,7 +9,7 @@ per training image), a point outside its image, an annotation with a mask but no
 
 from typing import Dict, List, Sequence
 
-from d2ext.data.checks import MAX_LISTED, DatasetError
+from d2ext.data.checks import raise_problems
 
 __all__ = ["check_cks_dicts"]
 
@@ -64,11 +64,4 @@ def check_cks_dicts(dicts_by_dataset: Dict[str, Sequence[Dict]], mode: str) -> N
     """Raise one :class:`DatasetError` listing every problem (module docstring) of the training
     datasets ``{name: dicts}`` for ``MODEL.CKS.MODE`` ``mode``."""
     problems = [p for name, dicts in dicts_by_dataset.items() for p in _problems(dicts, mode, name)]
-    if problems:
-        more = len(problems) - MAX_LISTED
-        listed = "\n  ".join(problems[:MAX_LISTED]) + (
-            f"\n  ... and {more} more" if more > 0 else ""
-        )
-        raise DatasetError(
-            f"CKS ({mode} mode) training data: {len(problems)} bad records:\n  {listed}"
-        )
+    raise_problems(f"CKS ({mode} mode) training data", problems)

@@ -133,6 +133,12 @@ class LPN(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         lpn, det = cfg.MODEL.CKS.LPN, cfg.MODEL.CKS.DETECTOR
+        for key, value, allowed in (
+            ("LOC_LOSS", lpn.LOC_LOSS, ("huber", "l2")),
+            ("LOC_NORM", lpn.LOC_NORM, ("cells", "positives")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"MODEL.CKS.LPN.{key} is {value!r}: use one of {allowed}")
         in_features = list(lpn.IN_FEATURES)
         channels = {input_shape[f].channels for f in in_features}
         assert len(channels) == 1, f"LPN levels {in_features} have different channels {channels}"

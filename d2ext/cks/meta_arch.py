@@ -80,7 +80,7 @@ class LACSS(nn.Module):
         prior_scale: float = 2.0,
         prior_center: str = "crop",
         force_point_fg: bool = True,
-        warmup_iters: int = 0,
+        warmup_iters: int = 9000,
         warmup_sigma: float = 100.0,
         warmup_scale: float = 1.0,
         warmup_hard_label: bool = True,

@@ -145,11 +145,15 @@ def check_coco_dataset(json_file: str, image_root: str, data: Dict = None) -> No
             f"{json_file}: {len(partly_outside)} polygons partly outside their image (clipped "
             f"to it), e.g. annotation id {partly_outside[0]}"
         )
+    raise_problems(f"{json_file} (images under {image_root})", problems)
+
+
+def raise_problems(what: str, problems: List[str]) -> None:
+    """Raise one :class:`DatasetError` "<what>: N bad records" listing the first
+    :data:`MAX_LISTED` ``problems`` (and counting the rest); nothing when there are none."""
     if problems:
         more = len(problems) - MAX_LISTED
         listed = "\n  ".join(problems[:MAX_LISTED]) + (
             f"\n  ... and {more} more" if more > 0 else ""
         )
-        raise DatasetError(
-            f"{json_file} (images under {image_root}): {len(problems)} bad records:\n  {listed}"
-        )
+        raise DatasetError(f"{what}: {len(problems)} bad records:\n  {listed}")
