@@ -29,16 +29,10 @@ def _grid(n_rows, n_cols, step=5, size=3):
     return masks
 
 
-@pytest.fixture
-def dataset(tmp_path):
-    """Image 1: 150 cytoplasm cells (more than COCO's 100); image 2: 2 overlapping cytoplasm and
-    2 nuclei. Segmentations are compressed RLE with str counts, as docs/data_formats.md."""
-    dense = _grid(10, 15)
-    img2 = np.zeros((4, 20, 20), bool)
-    img2[0, 2:12, 2:12] = img2[1, 6:16, 6:16] = True  # overlapping cytoplasm
-    img2[2, 4:7, 4:7] = img2[3, 10:13, 10:13] = True  # nuclei
+def _write_gt(tmp_path, per_image, file_name: str):
+    """COCO json of ``per_image`` = [(masks (K, H, W), category ids)], written to tmp_path."""
     images, anns = [], []
-    for img_id, (masks, cats) in enumerate([(dense, [1] * 150), (img2, [1, 1, 2, 2])], start=1):
+    for img_id, (masks, cats) in enumerate(per_image, start=1):
         images.append(image_record(img_id, f"{img_id}.png", *masks.shape[1:]))
         anns += [
             mask_to_annotation(m, c, len(anns) + 1 + k, img_id)
@@ -49,8 +43,20 @@ def dataset(tmp_path):
         "annotations": anns,
         "categories": [{"id": 1, "name": "cytoplasm"}, {"id": 2, "name": "nuclei"}],
     }
-    path = tmp_path / "gt.json"
+    path = tmp_path / file_name
     path.write_text(json.dumps(gt))
+    return path
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Image 1: 150 cytoplasm cells (more than COCO's 100); image 2: 2 overlapping cytoplasm and
+    2 nuclei. Segmentations are compressed RLE with str counts, as docs/data_formats.md."""
+    dense = _grid(10, 15)
+    img2 = np.zeros((4, 20, 20), bool)
+    img2[0, 2:12, 2:12] = img2[1, 6:16, 6:16] = True  # overlapping cytoplasm
+    img2[2, 4:7, 4:7] = img2[3, 10:13, 10:13] = True  # nuclei
+    path = _write_gt(tmp_path, [(dense, [1] * 150), (img2, [1, 1, 2, 2])], "gt.json")
     name = f"metrics_test_{uuid.uuid4().hex[:8]}"
     register_coco_instances(name, {}, str(path), str(tmp_path))
     yield name
@@ -129,20 +135,7 @@ def point_dataset(tmp_path):
     img1[2, 4:8, 4:8] = img1[3, 10:14, 10:14] = True
     img2 = np.zeros((1, 16, 16), bool)
     img2[0, 1:5, 1:5] = True
-    images, anns = [], []
-    for img_id, (masks, cats) in enumerate([(img1, [1, 1, 2, 2]), (img2, [1])], start=1):
-        images.append(image_record(img_id, f"{img_id}.png", *masks.shape[1:]))
-        anns += [
-            mask_to_annotation(m, c, len(anns) + 1 + k, img_id)
-            for k, (m, c) in enumerate(zip(masks, cats))
-        ]
-    gt = {
-        "images": images,
-        "annotations": anns,
-        "categories": [{"id": 1, "name": "cytoplasm"}, {"id": 2, "name": "nuclei"}],
-    }
-    path = tmp_path / "gt_points.json"
-    path.write_text(json.dumps(gt))
+    path = _write_gt(tmp_path, [(img1, [1, 1, 2, 2]), (img2, [1])], "gt_points.json")
     name = f"metrics_points_test_{uuid.uuid4().hex[:8]}"
     DatasetCatalog.register(
         name,

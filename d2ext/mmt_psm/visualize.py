@@ -69,23 +69,20 @@ def load_weights(model: GeneralizedRCNN, weights: str) -> List[str]:
     warnings = []
     inc = checkpointer.incompatible
     missing = list(inc.missing_keys) if inc is not None else []
-    if isinstance(model, LACSS) and model.collaborator is not None:
-        collab_missing = [k for k in missing if k.startswith("collaborator.")]
-        if collab_missing:
+
+    def missing_part(prefix: str, what: str) -> None:
+        keys = [k for k in missing if k.startswith(prefix)]
+        if keys:
             warnings.append(
-                f"{weights}: {len(collab_missing)} collaborator parameters missing (e.g. "
-                f"{collab_missing[0]}): a MODEL.CKS.MODE supervised checkpoint? The collaborator "
-                f"panels show a randomly initialised network."
+                f"{weights}: {len(keys)} {prefix[:-1]} parameters missing (e.g. {keys[0]}): "
+                f"{what} The {prefix[:-1]} panels show a randomly initialised network."
             )
+
+    if isinstance(model, LACSS) and model.collaborator is not None:
+        missing_part("collaborator.", "a MODEL.CKS.MODE supervised checkpoint?")
     if not isinstance(model, MMTPSMRCNN):
         return warnings
-    teacher_missing = [k for k in missing if k.startswith("teacher.")]
-    if teacher_missing:
-        warnings.append(
-            f"{weights}: {len(teacher_missing)} teacher parameters missing (e.g. "
-            f"{teacher_missing[0]}): not an MMT-PSM checkpoint? The teacher panels show a "
-            f"randomly initialised network."
-        )
+    missing_part("teacher.", "not an MMT-PSM checkpoint?")
     if "teacher_ready" in missing:
         warnings.append(f"{weights}: no 'teacher_ready' flag in the checkpoint")
     elif not bool(model.teacher_ready):
