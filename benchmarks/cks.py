@@ -143,7 +143,8 @@ def point_disk_metrics(cfg, weights: Path, area: float, out_dir: Path) -> dict:
     return _keys(res["cells"], res["segm"])
 
 
-def _time(fn, rounds: int, steps: int = 2) -> list:
+def _time(fn, steps: int) -> list:
+    """Seconds of ``steps`` calls of ``fn``, one each."""
     out = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -198,7 +199,7 @@ def inference_times(rounds: int, seed: int = 0):
     for _ in range(rounds):
         for name in models:
             run(name)  # warm-up
-            times[name] += _time(lambda: run(name), 1)
+            times[name] += _time(lambda: run(name), 2)
     return (
         statistics.median(times["lacss"]),
         statistics.median(times["maskrcnn"]),
@@ -217,7 +218,6 @@ def step_times(rounds: int, seed: int = 0, opts=()):
     from d2ext.config import build_cfg
 
     steps = {}
-    batch = None
     for mode in ("points", "supervised"):
         cfg = build_cfg(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.CKS.MODE", mode, *opts])
         torch.manual_seed(seed)
@@ -239,7 +239,7 @@ def step_times(rounds: int, seed: int = 0, opts=()):
     for _ in range(rounds):
         for mode, step in steps.items():
             step()
-            times[mode] += _time(step, 1, steps=2)
+            times[mode] += _time(step, 2)
     return statistics.median(times["points"]), statistics.median(times["supervised"])
 
 

@@ -26,10 +26,12 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
+from pycocotools import mask as mask_util
 
 from sslseg.datasets.coco_utils import instance_point
+from sslseg.metrics.cells import segmentation_to_rle
 
-__all__ = ["CKSDatasetMapper"]
+__all__ = ["CKSDatasetMapper", "annotation_mask", "annotation_point"]
 
 
 class CKSDatasetMapper:
@@ -127,9 +129,11 @@ class CKSDatasetMapper:
         d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         d.setdefault("cell_type", self.cell_type)
         anns = [a for a in d.pop("annotations", []) if not a.get("iscrowd", 0)]
+        # supervised: each mask decoded once (its centroid stands in for a missing point)
+        masks = [annotation_mask(a, d) for a in anns] if self.mode == "supervised" else []
         points = np.zeros((len(anns), 2), np.float64)
-        for k, a in enumerate(anns):  # supervised data may lack points: the mask's centroid
-            points[k] = a["point_coords"][0] if "point_coords" in a else _centroid(a, d)
+        for k, a in enumerate(anns):
+            points[k] = a["point_coords"][0] if "point_coords" in a else instance_point(masks[k])
         points = transforms.apply_coords(points) if len(anns) else points
         inside = (points[:, 0] >= 0) & (points[:, 0] < w) & (points[:, 1] >= 0) & (points[:, 1] < h)
         inst = Instances((h, w))
@@ -138,31 +142,22 @@ class CKSDatasetMapper:
         )
         inst.gt_classes = torch.zeros(int(inside.sum()), dtype=torch.int64)
         if self.mode == "supervised":
-            masks = [
-                transforms.apply_segmentation(_mask(a, dataset_dict)) > 0
-                for a, ok in zip(anns, inside)
-                if ok
-            ]
-            stack = np.stack(masks) if masks else np.zeros((0, h, w), bool)
+            kept = [transforms.apply_segmentation(m) > 0 for m, ok in zip(masks, inside) if ok]
+            stack = np.stack(kept) if kept else np.zeros((0, h, w), bool)
             inst.gt_masks = BitMasks(torch.as_tensor(stack))
         d["instances"] = inst
         return d
 
 
-def _centroid(ann: Dict, record: Dict) -> List[float]:
-    """(x, y) of the annotation mask's centroid (inside the mask: ``instance_point``)."""
-    return instance_point(_mask(ann, record))
+def annotation_point(ann: Dict, record: Dict) -> List[float]:
+    """The annotation's point (x, y): its ``point_coords[0]``, else its mask's centroid (inside
+    the mask: ``instance_point``)."""
+    if "point_coords" in ann:
+        return list(ann["point_coords"][0])
+    return instance_point(annotation_mask(ann, record))
 
 
-def _mask(ann: Dict, record: Dict) -> np.ndarray:
+def annotation_mask(ann: Dict, record: Dict) -> np.ndarray:
     """The annotation's (H, W) uint8 mask from its RLE or polygons."""
-    from pycocotools import mask as mask_util
-
-    segm = ann["segmentation"]
-    h, w = record["height"], record["width"]
-    if isinstance(segm, dict):
-        if isinstance(segm["counts"], list):
-            segm = mask_util.frPyObjects(segm, h, w)
-        return mask_util.decode(segm).astype(np.uint8)
-    rles = mask_util.frPyObjects(segm, h, w)
-    return mask_util.decode(mask_util.merge(rles)).astype(np.uint8)
+    rle = segmentation_to_rle(ann["segmentation"], record["height"], record["width"])
+    return mask_util.decode(rle).astype(np.uint8)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.proposal_generator import build_proposal_generator
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
@@ -398,18 +398,9 @@ class LACSS(nn.Module):
 
 
 def _mask_boxes(masks: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """(R, H, W) bool -> (R, 4) XYXY tight boxes; ``fallback`` (R, 4) rows for empty masks."""
-    if len(masks) == 0:
-        return fallback.reshape(0, 4)
-    rows, cols = masks.any(2), masks.any(1)
-    empty = ~rows.any(1)
-    h, w = masks.shape[1:]
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
-    y0 = torch.where(rows, ar_h, h).min(1).values
-    y1 = torch.where(rows, ar_h, -1).max(1).values + 1
-    x0 = torch.where(cols, ar_w, w).min(1).values
-    x1 = torch.where(cols, ar_w, -1).max(1).values + 1
-    boxes = torch.stack([x0, y0, x1, y1], 1).float()
+    """(R, H, W) bool -> (R, 4) XYXY tight boxes (detectron2 ``BitMasks``); ``fallback`` (R, 4)
+    rows for empty masks."""
+    boxes = BitMasks(masks).get_bounding_boxes().tensor.to(fallback)
+    empty = ~masks.flatten(1).any(1)
     boxes[empty] = fallback[empty]
     return boxes

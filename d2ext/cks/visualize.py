@@ -38,7 +38,7 @@ from detectron2.utils.colormap import colormap
 from d2ext.data.image_io import read_image
 from d2ext.mmt_psm.visualize import _row, _title
 
-from .mapper import _centroid
+from .mapper import annotation_point
 from .meta_arch import LACSS
 
 __all__ = ["NO_COLLABORATOR", "cks_panels", "collaborator_maps", "gt_points", "render_cks"]
@@ -53,7 +53,7 @@ def gt_points(d: Dict) -> np.ndarray:
     """(N, 2) xy pixels of the non-crowd annotations of dataset dict ``d``: ``point_coords[0]``,
     else the mask's centroid (as the CKS mapper)."""
     anns = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
-    pts = [a["point_coords"][0] if "point_coords" in a else _centroid(a, d) for a in anns]
+    pts = [annotation_point(a, d) for a in anns]
     return np.asarray(pts, np.float64).reshape(-1, 2)
 
 
