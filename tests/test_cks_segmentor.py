@@ -5,6 +5,7 @@ collaborator's nets (presets, cell-type selection, bias-only norm, parameter cou
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from detectron2.layers import ShapeSpec
 from d2ext.cks.collaborator import Collaborator, ImageNorm, resolve_collaborator_widths
 from d2ext.cks.crops import crop_origins
 from d2ext.cks.segmentor import InstanceSegmentor, gather_patches, paste_masks, sine_encoding
+
+REPO = Path(__file__).resolve().parent.parent
 
 S = 96
 P = S // 4
@@ -349,6 +352,40 @@ def test_collaborator_code_preset_swaps_nets():
     col = Collaborator(_collab_cfg("code_0_4_4"))
     assert [blk[0][0].out_channels for blk in col.fg_net.encoder] == [32, 32]
     assert [blk[0].out_channels for blk in col.border_net] == [16, 32, 64]
+
+
+def _fg_receptive_field(col: Collaborator, size: int = 129) -> int:
+    """Side (px) of the input region that reaches the centre pixel of the fg logits, measured by
+    the gradient with every per-image norm replaced by its bias (the norm's statistics would
+    connect every pixel)."""
+    for m in col.modules():
+        if isinstance(m, ImageNorm):
+            m.forward = lambda x, b=m.bias: x + b.view(1, -1, 1, 1)
+    x = torch.randn(1, 3, size, size, dtype=torch.float64, requires_grad=True)
+    fg, _ = col.double()(x)
+    fg[0, size // 2, size // 2].backward()
+    rows = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 3)) > 0)
+    return int(rows.max() - rows.min() + 1)
+
+
+def test_collaborator_fg_receptive_fields():
+    # README "Results": a1 sees the whole of a ~50 px ISBI cell (its dark nucleus from any pixel),
+    # the code preset's fg UNet (32, 32) (configs/cks/isbi2014_points.yaml) a ~19 px neighbourhood
+    torch.manual_seed(0)
+    rf_a1 = _fg_receptive_field(Collaborator(_collab_cfg("paper")))
+    rf_code = _fg_receptive_field(Collaborator(_collab_cfg("code_0_4_4")))
+    assert 40 <= rf_a1 <= 50, f"a1 fg receptive field {rf_a1} px"
+    assert 15 <= rf_code <= 23, f"code_0_4_4 fg receptive field {rf_code} px"
+
+
+def test_isbi_configs_use_the_code_collaborator():
+    from d2ext.config import build_cfg
+
+    for name in ("isbi2014_points.yaml", "isbi2014_cpu.yaml"):
+        cfg = build_cfg(REPO / "configs" / "cks" / name)
+        args = Collaborator.from_config(cfg)
+        assert tuple(args["fg_widths"]) == (32, 32), f"{name}: fg widths {args['fg_widths']}"
+        assert cfg.MODEL.CKS.LOSS.COLLAPSE_WEIGHT == 0.05, f"{name}: delta"
 
 
 def test_norm_is_per_image_per_channel_with_bias_only():
