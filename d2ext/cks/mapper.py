@@ -130,10 +130,13 @@ class CKSDatasetMapper:
         d.setdefault("cell_type", self.cell_type)
         anns = [a for a in d.pop("annotations", []) if not a.get("iscrowd", 0)]
         # supervised: each mask decoded once (its centroid stands in for a missing point)
-        masks = [annotation_mask(a, d) for a in anns] if self.mode == "supervised" else []
+        if self.mode == "supervised":
+            masks = [annotation_mask(a, d) for a in anns]
+        else:
+            masks = [None] * len(anns)
         points = np.zeros((len(anns), 2), np.float64)
         for k, a in enumerate(anns):
-            points[k] = a["point_coords"][0] if "point_coords" in a else instance_point(masks[k])
+            points[k] = annotation_point(a, d, masks[k])
         points = transforms.apply_coords(points) if len(anns) else points
         inside = (points[:, 0] >= 0) & (points[:, 0] < w) & (points[:, 1] >= 0) & (points[:, 1] < h)
         inst = Instances((h, w))
@@ -149,12 +152,12 @@ class CKSDatasetMapper:
         return d
 
 
-def annotation_point(ann: Dict, record: Dict) -> List[float]:
+def annotation_point(ann: Dict, record: Dict, mask: Optional[np.ndarray] = None) -> List[float]:
     """The annotation's point (x, y): its ``point_coords[0]``, else its mask's centroid (inside
-    the mask: ``instance_point``)."""
+    the mask: ``instance_point``); ``mask``: the annotation's (H, W) mask if already decoded."""
     if "point_coords" in ann:
         return list(ann["point_coords"][0])
-    return instance_point(annotation_mask(ann, record))
+    return instance_point(annotation_mask(ann, record) if mask is None else mask)
 
 
 def annotation_mask(ann: Dict, record: Dict) -> np.ndarray:
